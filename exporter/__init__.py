@@ -1,0 +1,1 @@
+"""llamaport.exporter (see README)."""

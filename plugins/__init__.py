@@ -1,0 +1,1 @@
+"""llamaport.plugins (see README)."""

