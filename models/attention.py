@@ -2,7 +2,8 @@
 
 `gqa_attention` is the reference for the GQA plugin op (plugins/ wraps it as a custom op and gives it ONNX
 translations). It rotates q and k, writes k and v into the cache at each row's positions, and attends over the
-cache with a causal mask built from those positions. No data-dependent control flow, so it traces.
+filled part of the cache with a causal mask built from those positions. Its interface is the one fused kernels
+take (ORT GroupQueryAttention, TensorRT attention plugins): q/k/v as (B, S, H*D), cos/sin as (B, S, D/2).
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ def cache_positions(past_lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     return past_lengths.to(torch.int64)[:, None] + steps  # (B, S)
 
 
-def write_cache(cache: torch.Tensor, new: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """cache (B, H_kv, S_max, D) with new (B, H_kv, S, D) written at positions (B, S).
-
-    Eager runs update the cache in place (no copy of the whole cache per step); under export the functional form is
-    traced, and the exporter lowers it to an in-place op of the target (TensorScatter, GQA's shared buffer).
-    """
+def write_cache(cache: torch.Tensor, new: torch.Tensor, positions: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """cache (B, H_kv, S_max, D) with new (B, H_kv, S, D) written at positions (B, S)."""
     index = positions[:, None, :, None].expand_as(new)  # (B, H_kv, S, D)
-    if torch.compiler.is_exporting() or new.requires_grad or cache.requires_grad:
-        return cache.scatter(2, index, new)
-    return cache.scatter_(2, index, new)
+    return cache.scatter_(2, index, new) if inplace else cache.scatter(2, index, new)
 
 
 def gqa_attention(
@@ -39,25 +34,34 @@ def gqa_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     past_lengths: torch.Tensor,
+    inplace: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One attention layer with fused RoPE and cache write.
 
-    q (B, H_q, S, D), k/v (B, H_kv, S, D) un-rotated projections; cos/sin (B, S, D); caches (B, H_kv, S_max, D);
-    past_lengths (B,) tokens already in each row's cache. Returns (out (B, H_q, S, D), k_cache, v_cache).
-    Softmax runs in float32 whatever the activation dtype.
+    q (B, S, H_q*D), k/v (B, S, H_kv*D) un-rotated projections; cos/sin (B, S, D/2); caches (B, H_kv, S_max, D);
+    past_lengths (B,) tokens already in each row's cache. Returns (out (B, S, H_q*D), k_cache, v_cache).
+
+    inplace=None updates the caches in place in eager inference (no copy of the whole cache per step) and
+    functionally when exporting or differentiating. Softmax runs in float32 whatever the activation dtype.
     """
-    batch, num_heads, seq_len, head_dim = q.shape
-    num_kv_heads, max_seq = k_cache.shape[1], k_cache.shape[2]
+    batch, seq_len, _ = q.shape
+    num_kv_heads, max_seq, head_dim = k_cache.shape[1:]
+    num_heads = q.shape[-1] // head_dim
     groups = num_heads // num_kv_heads
+    exporting = torch.compiler.is_exporting()
+    if inplace is None:
+        inplace = not (exporting or k.requires_grad or k_cache.requires_grad)
+
+    q = q.view(batch, seq_len, num_heads, head_dim).transpose(1, 2)  # (B, H_q, S, D)
+    k = k.view(batch, seq_len, num_kv_heads, head_dim).transpose(1, 2)  # (B, H_kv, S, D)
+    v = v.view(batch, seq_len, num_kv_heads, head_dim).transpose(1, 2)  # (B, H_kv, S, D)
     positions = cache_positions(past_lengths, seq_len)  # (B, S)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    k_cache = write_cache(k_cache, k, positions)
-    v_cache = write_cache(v_cache, v, positions)
+    k_cache = write_cache(k_cache, k, positions, inplace)
+    v_cache = write_cache(v_cache, v, positions, inplace)
 
-    kv_len = max_seq
-    if not torch.compiler.is_exporting():
-        # Eager only: read just the filled part, so the cost tracks the current length and not S_max.
-        kv_len = int(positions.max()) + 1
+    # Read only the filled part, so the cost tracks the current length and not S_max.
+    kv_len = max_seq if exporting else int(positions.max()) + 1
     keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]  # (B, H_kv, T, D)
 
     # Fold the query groups into the sequence axis instead of repeating K/V per query head.
@@ -69,4 +73,5 @@ def gqa_attention(
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
     out = torch.matmul(probs, values)  # (B, H_kv, G*S, D)
-    return out.reshape(batch, num_heads, seq_len, head_dim), k_cache, v_cache
+    out = out.view(batch, num_heads, seq_len, head_dim).transpose(1, 2)  # (B, S, H_q, D)
+    return out.reshape(batch, seq_len, num_heads * head_dim), k_cache, v_cache

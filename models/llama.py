@@ -46,10 +46,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 even for fp16/bf16 activations (a sum of squares overflows fp16).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # Statistics in float32 even for fp16/bf16 activations (a sum of squares overflows fp16). F.rms_norm
+        # exports as ONNX RMSNormalization.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -70,13 +70,10 @@ class Attention(nn.Module):
         self.attention_fn: AttentionFn = gqa_attention
 
     def forward(self, x, cos, sin, k_cache, v_cache, past_lengths):
-        batch, seq_len, _ = x.shape  # x (B, S, hidden)
-        q = tp_linear(self.q_proj, x, self.tp, "out").view(batch, seq_len, self.num_heads, self.head_dim)
-        k = tp_linear(self.k_proj, x, self.tp, "out").view(batch, seq_len, self.num_kv_heads, self.head_dim)
-        v = tp_linear(self.v_proj, x, self.tp, "out").view(batch, seq_len, self.num_kv_heads, self.head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D)
+        q = tp_linear(self.q_proj, x, self.tp, "out")  # (B, S, H_q*D)
+        k = tp_linear(self.k_proj, x, self.tp, "out")  # (B, S, H_kv*D)
+        v = tp_linear(self.v_proj, x, self.tp, "out")  # (B, S, H_kv*D)
         out, k_cache, v_cache = self.attention_fn(q, k, v, cos, sin, k_cache, v_cache, past_lengths)
-        out = out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         return tp_linear(self.o_proj, out, self.tp, "in"), k_cache, v_cache
 
 
@@ -138,7 +135,7 @@ class LlamaModel(nn.Module):
         inv_freq = self.inv_freq
         if self.config.rope_type == "dynamic":
             inv_freq = dynamic_inv_freq(self.config, positions)
-        cos, sin = rotary_cos_sin(inv_freq, positions, self.attention_scaling, x.dtype)  # (B, S, D)
+        cos, sin = rotary_cos_sin(inv_freq, positions, self.attention_scaling, x.dtype)  # (B, S, D/2)
         new_cache: KVCache = []
         for layer, (k_cache, v_cache) in zip(self.layers, cache):
             x, k_cache, v_cache = layer(x, cos, sin, k_cache, v_cache, past_lengths)

@@ -89,18 +89,19 @@ def dynamic_inv_freq(config: LlamaConfig, positions: torch.Tensor) -> torch.Tens
 def rotary_cos_sin(
     inv_freq: torch.Tensor, positions: torch.Tensor, attention_scaling: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (B, S, D) for integer positions (B, S), in the rotate-half layout."""
+    """cos, sin of shape (B, S, D/2) for integer positions (B, S): one value per rotated pair.
+
+    Half width is what ONNX RotaryEmbedding and TensorRT rope plugins take; `apply_rotary` pairs dim i with i + D/2.
+    """
     freqs = positions.to(torch.float32)[..., None] * inv_freq  # (B, S, D/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (B, S, D)
-    return (emb.cos() * attention_scaling).to(dtype), (emb.sin() * attention_scaling).to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    return (freqs.cos() * attention_scaling).to(dtype), (freqs.sin() * attention_scaling).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, S, D) rotated by cos/sin (B, S, D)."""
-    cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, D)
-    return x * cos + rotate_half(x) * sin
+    """x (B, H, S, D) rotated in the rotate-half layout by cos/sin (B, S, D/2).
+
+    Same arithmetic as transformers' `x * cos + rotate_half(x) * sin`, so fp32 results are bit-identical.
+    """
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, S, D/2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + (-x2) * sin, x2 * cos + x1 * sin), dim=-1)
