@@ -93,5 +93,38 @@ def info(src, as_json):
     )
 
 
+@main.command()
+@click.argument("src", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Engine directory to write.")
+@click.option("--target", default="onnx", show_default=True,
+              help="onnx (standard ops, opset 24), ort (ONNX Runtime fused ops) or trt (TensorRT plugin nodes).")
+@click.option("--dtype", default="fp32", show_default=True, help="Graph dtype: fp32, fp16 or bf16.")
+@click.option("--max-seq", default=4096, show_default=True, help="KV-cache capacity (prompt + generated tokens).")
+@click.option("--max-batch", default=1, show_default=True, help="Largest batch the engine will run.")
+@click.option("--logits", type=click.Choice(["last", "all"]), default="last", show_default=True,
+              help="Logits for each row's last token, or for every position.")
+@click.option("--task", default="causal-lm", show_default=True, help="causal-lm or sequence-classification.")
+@click.option("--skip-verify", is_flag=True, help="Do not run the graph against the eager model (huge models).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new one is complete).")
+@user_errors
+def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verify, overwrite):
+    """Export SRC (HF folder, Meta folder or .gguf) to an engine directory OUT.
+
+    OUT holds model.onnx (+ model.onnx.data), the tokenizer files and manifest.json. The graph is run against
+    the eager PyTorch model on a prefill and decode steps; the export fails, leaving nothing, beyond tolerance.
+    """
+    from llamaport.exporter import ExportOptions, export_engine
+
+    options = ExportOptions(target=target, dtype=dtype, max_seq=max_seq, max_batch=max_batch, logits=logits,
+                            task=task, verify=not skip_verify, overwrite=overwrite)
+    manifest = export_engine(src, out, options)
+    accuracy = manifest["verification"]
+    checked = (
+        f"verified on {accuracy['backend']}: max |logit diff| {accuracy['max_abs_logit_diff']:.2e}, "
+        f"top-1 agreement {accuracy['top1_agreement']:.3f}" if accuracy else "not verified"
+    )
+    click.echo(f"wrote {target} engine ({dtype}, max_seq {max_seq}) to {out}; {checked}")
+
+
 if __name__ == "__main__":
     main()

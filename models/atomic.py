@@ -28,6 +28,9 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, flag: str = "-o"
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any folder the user makes
     except OSError as e:
         raise LlamaportError(f"cannot write {out} ({e.strerror}); choose a writable {flag} path") from None
     try:

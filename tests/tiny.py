@@ -27,7 +27,7 @@ VARIANTS = {
     "mqa": dict(num_key_value_heads=1),
     "rope_linear": dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
     "rope_dynamic": dict(
-        max_position_embeddings=8, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+        max_position_embeddings=8, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}
     ),
     "rope_llama3": dict(
         rope_parameters={

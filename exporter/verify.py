@@ -1,0 +1,151 @@
+"""Run an exported graph against the eager model on a prefill plus decode steps, and measure the difference.
+
+The schedule is a batch of right-padded prompts of different lengths, then `steps` single-token decode steps
+whose tokens are the eager model's greedy picks (fed to both, so one disagreement cannot snowball).
+`onnx`/`ort` graphs run in ONNX Runtime; `trt` graphs in `onnx.reference.ReferenceEvaluator` with the plugins'
+NumPy kernels, since TensorRT itself is not needed to check the graph's semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from llamaport.models import LlamaConfig
+from llamaport.models.errors import LlamaportError
+
+# max |logit diff| allowed against fp32 eager, per graph dtype; fp16/bf16 are also held to top-1 agreement.
+TOLERANCE = {"fp32": 1e-4, "fp16": 0.5, "bf16": 1.0}
+NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+@dataclass
+class Accuracy:
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    top1_agreement: float
+    steps: int
+    batch: int
+    backend: str
+    tolerance: float
+    passed: bool
+
+
+@dataclass
+class Schedule:
+    prompts: list[list[int]]
+    steps: int
+
+    @staticmethod
+    def default(config: LlamaConfig, max_batch: int, max_seq: int, steps: int = 4) -> "Schedule":
+        rng = np.random.default_rng(0)
+        lengths = [5, 3][: max(1, min(2, max_batch))]
+        lengths = [min(n, max(1, max_seq - steps)) for n in lengths]
+        return Schedule([rng.integers(0, config.vocab_size, n).tolist() for n in lengths], steps)
+
+
+def _right_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+    return ids, np.array([len(p) for p in prompts], dtype=np.int64)
+
+
+def eager_logits(model, schedule: Schedule, max_seq: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per step: last-token logits (B, V) and the greedy tokens (B,) that the next step feeds."""
+    ids, lengths = _right_pad(schedule.prompts)
+    batch = len(schedule.prompts)
+    cache = model.new_cache(batch, max_seq, dtype=torch.float32)
+    past = torch.zeros(batch, dtype=torch.int64)
+    logits_steps, tokens = [], []
+    with torch.inference_mode():
+        logits, cache = model(torch.from_numpy(ids), past, cache, last_only=True, input_lengths=torch.from_numpy(lengths))
+        past = torch.from_numpy(lengths)
+        for _ in range(schedule.steps + 1):
+            step_logits = logits[:, -1].float().numpy()
+            logits_steps.append(step_logits)
+            tokens.append(step_logits.argmax(-1))
+            if len(tokens) > schedule.steps:
+                break
+            logits, cache = model(torch.from_numpy(tokens[-1][:, None]), past, cache, last_only=True,
+                                  input_lengths=torch.ones(batch, dtype=torch.int64))
+            past = past + 1
+    return logits_steps, tokens
+
+
+def graph_logits(run: Callable[[dict], dict], config: LlamaConfig, schedule: Schedule, tokens: list[np.ndarray],
+                 max_seq: int, dtype: str) -> list[np.ndarray]:
+    """The same schedule through a graph runner (feeds dict -> outputs dict by name)."""
+    ids, lengths = _right_pad(schedule.prompts)
+    batch = len(schedule.prompts)
+    shape = (batch, config.num_key_value_heads, max_seq, config.head_dim)
+    layers = range(config.num_hidden_layers)
+    cache = {f"past.{i}.{kind}": np.zeros(shape, NP_DTYPES[dtype]) for i in layers for kind in ("key", "value")}
+    feeds = {"input_ids": ids, "past_lengths": np.zeros(batch, np.int64), "input_lengths": lengths, **cache}
+    results = []
+    for step in range(schedule.steps + 1):
+        outputs = run(feeds)
+        results.append(np.asarray(outputs["logits"])[:, -1].astype(np.float32))
+        if step == schedule.steps:
+            break
+        feeds["past_lengths"] = feeds["past_lengths"] + feeds["input_lengths"]
+        feeds["input_ids"] = tokens[step][:, None].astype(np.int64)
+        feeds["input_lengths"] = np.ones(batch, np.int64)
+        for i in layers:
+            for kind in ("key", "value"):
+                feeds[f"past.{i}.{kind}"] = outputs[f"present.{i}.{kind}"]
+    return results
+
+
+def onnxruntime_runner(path: Path) -> Callable[[dict], dict]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # TensorScatter warns when it cannot work in place; plain run() never can
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return lambda feeds: dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def reference_runner(path: Path) -> Callable[[dict], dict]:
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    from llamaport.plugins.reference_numpy import REFERENCE_OPS
+
+    evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=REFERENCE_OPS)
+    names = evaluator.output_names
+    wanted = set(evaluator.input_names)
+    return lambda feeds: dict(zip(names, evaluator.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backend: str) -> Accuracy:
+    diffs = [np.abs(e - g) for e, g in zip(expected, got)]
+    agree = [float(np.mean(e.argmax(-1) == g.argmax(-1))) for e, g in zip(expected, got)]
+    max_diff = float(max(d.max() for d in diffs))
+    if not np.isfinite(max_diff):
+        max_diff = float("inf")
+    tolerance = TOLERANCE[dtype]
+    top1 = float(np.mean(agree))
+    passed = max_diff <= tolerance and (dtype == "fp32" or top1 == 1.0)
+    return Accuracy(max_diff, float(np.mean([d.mean() for d in diffs])), top1, len(expected) - 1,
+                    expected[0].shape[0], backend, tolerance, passed)
+
+
+def verify_graph(path: Path, target: str, config: LlamaConfig, dtype: str, schedule: Schedule,
+                 expected: list[np.ndarray], tokens: list[np.ndarray], max_seq: int) -> Accuracy:
+    if dtype not in NP_DTYPES:
+        raise LlamaportError(f"--dtype {dtype}: ONNX Runtime on the CPU cannot run it to verify; pass --skip-verify")
+    runner, backend = (reference_runner, "onnx-reference") if target == "trt" else (onnxruntime_runner, "onnxruntime")
+    got = graph_logits(runner(path), config, schedule, tokens, max_seq, dtype)
+    return compare(expected, got, dtype, backend)
+
+
+def accuracy_dict(accuracy: Accuracy) -> dict:
+    return asdict(accuracy)

@@ -1,0 +1,99 @@
+"""ONNX lowerings of the GQA plugin op, one per export target, written with onnxscript.
+
+All three take the op's inputs (q/k/v (B, S, H*D), cos/sin (B, S, D/2), caches (B, H_kv, S_max, D),
+past_lengths (B,)) and return (out (B, S, H_q*D), k_cache, v_cache):
+
+- `onnx`: standard ops only, opset 24: RotaryEmbedding, TensorScatter (in place when the runtime binds the
+  present cache to the past buffer), then Attention over the cache sliced to the longest filled row, with
+  `nonpad_kv_seqlen` masking each row's unfilled tail, so the cost tracks the filled length, not S_max.
+- `ort`: RotaryEmbedding + ONNX Runtime's fused `com.microsoft.GroupQueryAttention` with a shared past/present
+  buffer (in-place cache update; attention reads only `seqlens_k + 1` keys per row).
+- `trt`: one `llamaport.GQAAttention` node for our TensorRT plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxscript import values
+
+from .schemas import ORT_DOMAIN, PLUGIN_DOMAIN, PLUGIN_VERSION, register
+
+register()
+TARGETS = ("onnx", "ort", "trt")
+ONNX_OPSET = 24
+op = values.Opset("", ONNX_OPSET)
+ms = values.Opset(ORT_DOMAIN, 1)
+lp = values.Opset(PLUGIN_DOMAIN, 1)
+_INT32, _FLOAT = 6, 1  # onnx.TensorProto data types
+
+
+@dataclass(frozen=True)
+class Heads:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def _seq_len(x):
+    return op.Shape(x, start=1, end=2)  # (1,) int64
+
+
+def onnx_standard(heads: Heads):
+    h, kv, d = heads.num_heads, heads.num_kv_heads, heads.head_dim
+
+    def to_heads(x, n):  # (B, S, n*D) -> (B, n, S, D)
+        return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, n, d])), perm=[0, 2, 1, 3])
+
+    def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
+        q4 = op.RotaryEmbedding(to_heads(q, h), cos, sin)
+        k4 = op.RotaryEmbedding(to_heads(k, kv), cos, sin)
+        k_cache = op.TensorScatter(k_cache, k4, past_lengths, axis=2)
+        v_cache = op.TensorScatter(v_cache, to_heads(v, kv), past_lengths, axis=2)
+        total = op.Add(past_lengths, _seq_len(q))  # (B,) filled length after this step
+        filled = op.ReduceMax(total, keepdims=1)  # (1,)
+        zero, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[2])
+        keys = op.Slice(k_cache, zero, filled, axis)  # (B, H_kv, T, D)
+        vals = op.Slice(v_cache, zero, filled, axis)
+        # is_causal with nonpad_kv_seqlen aligns each row's queries to the end of its filled length.
+        # The builder gives every optional output a name; the exporter prunes the unused ones afterwards.
+        y, *_unused = op.Attention(q4, keys, vals, None, None, None, total, is_causal=1, softmax_precision=_FLOAT)
+        out = op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, h * d]))
+        return out, k_cache, v_cache
+
+    return gqa_attention
+
+
+def onnxruntime_contrib(heads: Heads):
+    h, kv = heads.num_heads, heads.num_kv_heads
+
+    def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
+        q = op.RotaryEmbedding(q, cos, sin, num_heads=h)
+        k = op.RotaryEmbedding(k, cos, sin, num_heads=kv)
+        total = op.Add(past_lengths, _seq_len(q))  # (B,)
+        seqlens_k = op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=_INT32)
+        total_len = op.Cast(op.ReduceMax(total, keepdims=0), to=_INT32)  # () int32
+        return ms.GroupQueryAttention(q, k, v, k_cache, v_cache, seqlens_k, total_len, num_heads=h, kv_num_heads=kv)
+
+    return gqa_attention
+
+
+def tensorrt_plugin(heads: Heads):
+    def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
+        return lp.GQAAttention(
+            q, k, v, cos, sin, k_cache, v_cache, past_lengths,
+            num_heads=heads.num_heads, num_kv_heads=heads.num_kv_heads, head_dim=heads.head_dim,
+            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_DOMAIN,
+        )
+
+    return gqa_attention
+
+
+def translation_table(target: str, heads: Heads) -> dict:
+    """The `custom_translation_table` for torch.onnx.export for one target."""
+    import torch
+
+    from . import ops  # noqa: F401  (registers torch.ops.llamaport.*)
+
+    build = {"onnx": onnx_standard, "ort": onnxruntime_contrib, "trt": tensorrt_plugin}[target]
+    return {torch.ops.llamaport.gqa_attention.default: build(heads)}
