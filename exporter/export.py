@@ -111,7 +111,7 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             for name, content in checkpoint.tokenizer_files.items():
                 (tmp / name).write_bytes(content)
             manifest = write_manifest(
-                tmp, config=config.to_hf_dict(), target=options.target, task=options.task, dtype=options.dtype,
+                tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target, task=options.task, dtype=options.dtype,
                 max_seq=options.max_seq, max_batch=options.max_batch, logits=options.logits,
                 tokenizer=checkpoint.tokenizer_kind, accuracy=accuracy,
             )

@@ -49,12 +49,13 @@ def io_signature(model_path: Path) -> dict:
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def write_manifest(folder: Path, *, config: dict, target: str, task: str, dtype: str, max_seq: int, max_batch: int,
+def write_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int, max_batch: int,
                    logits: str, tokenizer: str | None, accuracy: dict | None) -> dict:
     files = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "source": source,  # the checkpoint, for `llamaport check`'s default reference
         "task": task,
         "target": target,
         "dtype": dtype,

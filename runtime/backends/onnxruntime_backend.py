@@ -1,0 +1,88 @@
+"""ONNX Runtime backend with IO binding: every present.{i}.* output is bound to the buffer of past.{i}.*, so
+TensorScatter / GroupQueryAttention update the cache in place. Nothing is copied or re-allocated per token
+except the small id/length inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llamaport.models.errors import LlamaportError
+
+_NP = {"float32": np.float32, "float16": np.float16}
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, folder: Path, manifest: dict, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        if manifest["target"] == "trt":
+            raise LlamaportError(f"{folder} was exported for TensorRT (--target trt); use backend='tensorrt'")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or physical_cores()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise LlamaportError("device 'cuda' needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.ort, self.device = ort, device
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=providers)
+        self.manifest = manifest
+        self.max_seq, self.max_batch = manifest["max_seq"], manifest["max_batch"]
+        self.all_logits = manifest.get("logits") == "all"
+        cache_inputs = [i for i in manifest["inputs"] if i["name"].startswith("past.")]
+        self.cache_names = [i["name"] for i in cache_inputs]
+        self.cache_dtype = _NP[cache_inputs[0]["dtype"]]
+        self.cache_shape = tuple(cache_inputs[0]["shape"][1:])  # (H_kv, S_max, D)
+        self.vocab_size = manifest["config"]["vocab_size"]
+        self.batch = None
+
+    def reset(self, batch: int) -> None:
+        if batch > self.max_batch:
+            raise LlamaportError(f"batch {batch} exceeds this engine's --max-batch {self.max_batch}; re-export with a larger one")
+        if batch == self.batch:
+            return  # stale cache entries are never read: attention stops at each row's length
+        ort, device = self.ort, self.device
+        self.caches = {}
+        self.binding = self.session.io_binding()
+        for name in self.cache_names:
+            # Zeroed once, so never-written slots are finite numbers (masked, but NaN * 0 would still be NaN).
+            value = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, *self.cache_shape), self.cache_dtype), device, 0)
+            self.caches[name] = value
+            self.binding.bind_ortvalue_input(name, value)
+            self.binding.bind_ortvalue_output(name.replace("past.", "present."), value)
+        if not self.all_logits:
+            self.logits = np.zeros((batch, 1, self.vocab_size), np.float32)
+            self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        else:
+            self.binding.bind_output("logits", "cpu")
+        self.batch = batch
+
+    def forward(self, input_ids, past_lengths, input_lengths, all_positions: bool = False) -> np.ndarray:
+        b = self.binding
+        b.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        b.bind_cpu_input("past_lengths", np.ascontiguousarray(past_lengths, dtype=np.int64))
+        if not self.all_logits:
+            b.bind_cpu_input("input_lengths", np.ascontiguousarray(input_lengths, dtype=np.int64))
+        self.session.run_with_iobinding(b)
+        if not self.all_logits:
+            return self.logits[:, -1]
+        logits = b.get_outputs()[0].numpy()  # (B, S, V)
+        if all_positions:
+            return logits
+        return logits[np.arange(len(input_lengths)), np.asarray(input_lengths) - 1]

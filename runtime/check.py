@@ -1,0 +1,130 @@
+"""`llamaport check`: an engine against the eager PyTorch model, in numbers, with per-precision thresholds.
+
+Per prompt: max/mean |logit diff|, cosine similarity, KL(eager || engine), top-1 and top-5 agreement, and the
+fraction of N greedy tokens both generate identically. On a text: perplexity of each and the relative delta.
+Needs torch (the eager reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .engine import Engine
+from .sampling import SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Plants create energy through a process called",
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colors are",
+]
+TEXT = (
+    "The sun is the star at the centre of the Solar System. It is a massive, nearly perfect sphere of hot plasma, "
+    "heated to incandescence by nuclear fusion reactions in its core, radiating the energy from its surface mainly "
+    "as visible light and infrared radiation with ten percent at ultraviolet energies. It is by far the most "
+    "important source of energy for life on Earth."
+)
+# Each metric's bound per engine dtype: (name, comparison, value).
+THRESHOLDS = {
+    "fp32": {"max_abs_diff": 1e-3, "cosine": 0.99999, "kl": 1e-5, "top1": 1.0, "top5": 1.0, "greedy_match": 1.0,
+             "ppl_rel_delta": 1e-3},
+    "fp16": {"max_abs_diff": 1.0, "cosine": 0.999, "kl": 5e-3, "top1": 0.95, "top5": 0.98, "greedy_match": 0.75,
+             "ppl_rel_delta": 0.02},
+    "bf16": {"max_abs_diff": 2.0, "cosine": 0.995, "kl": 2e-2, "top1": 0.9, "top5": 0.95, "greedy_match": 0.5,
+             "ppl_rel_delta": 0.05},
+}
+_LOWER_IS_BETTER = {"max_abs_diff", "kl", "ppl_rel_delta"}
+
+
+@dataclass
+class PromptReport:
+    prompt: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine: float
+    kl: float
+    top1: float
+    top5: float
+    greedy_match: float
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def compare_logits(expected: np.ndarray, got: np.ndarray) -> dict:
+    """Metrics over positions for (S, V) logits."""
+    diff = np.abs(expected - got)
+    cos = (expected * got).sum(-1) / (np.linalg.norm(expected, axis=-1) * np.linalg.norm(got, axis=-1))
+    log_p, log_q = _log_softmax(expected), _log_softmax(got)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    top1_ref = expected.argmax(-1)
+    top5_got = np.argsort(-got, axis=-1)[:, :5]
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "cosine": float(cos.min()),
+        "kl": float(kl.mean()),
+        "top1": float(np.mean(top1_ref == got.argmax(-1))),
+        "top5": float(np.mean([t in row for t, row in zip(top1_ref, top5_got)])),
+    }
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    log_probs = _log_softmax(logits[:-1])
+    nll = -log_probs[np.arange(len(ids) - 1), ids[1:]]
+    return float(np.exp(nll.mean()))
+
+
+def greedy_match(engine: Engine, reference: Engine, ids: list[int], n: int) -> float:
+    params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+    a = engine.generate(ids, params).token_ids
+    b = reference.generate(ids, params).token_ids
+    same = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        same += 1
+    return same / max(1, len(b))
+
+
+def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = None, text: str | None = None,
+              greedy_tokens: int = 16, dtype: str = "fp32") -> dict:
+    tokenizer = engine.tokenizer or reference.tokenizer
+    rows = []
+    for prompt in prompts or PROMPTS:
+        ids = tokenizer.encode(prompt)
+        metrics = compare_logits(reference.logits(ids), engine.logits(ids))
+        metrics["greedy_match"] = greedy_match(engine, reference, ids, greedy_tokens)
+        rows.append(PromptReport(prompt, **metrics))
+    text_ids = tokenizer.encode(text or TEXT)[: engine.max_seq]
+    ppl_ref, ppl_engine = perplexity(reference.logits(text_ids), text_ids), perplexity(engine.logits(text_ids), text_ids)
+    thresholds = THRESHOLDS[dtype]
+    worst = {
+        "max_abs_diff": max(r.max_abs_diff for r in rows),
+        "cosine": min(r.cosine for r in rows),
+        "kl": max(r.kl for r in rows),
+        "top1": min(r.top1 for r in rows),
+        "top5": min(r.top5 for r in rows),
+        "greedy_match": min(r.greedy_match for r in rows),
+        "ppl_rel_delta": abs(ppl_engine - ppl_ref) / ppl_ref,
+    }
+    failures = [
+        f"{name} {value:.4g} {'>' if name in _LOWER_IS_BETTER else '<'} {thresholds[name]:g}"
+        for name, value in worst.items()
+        if (value > thresholds[name] if name in _LOWER_IS_BETTER else value < thresholds[name])
+    ]
+    return {
+        "dtype": dtype,
+        "prompts": [asdict(r) for r in rows],
+        "perplexity": {"reference": ppl_ref, "engine": ppl_engine, "tokens": len(text_ids)},
+        "worst": worst,
+        "thresholds": thresholds,
+        "failures": failures,
+        "passed": not failures,
+    }

@@ -1,0 +1,73 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition penalty, seed.
+
+NumPy only (the runtime runs without torch). Works on a batch: logits (B, V) -> tokens (B,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the prompt or output
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)  # besides the model's EOS
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise ValueError("min_p must be in [0, 1)")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+        p = self.params
+        logits = logits.astype(np.float32, copy=True)  # (B, V)
+        if p.repetition_penalty != 1.0:
+            for row, history in enumerate(histories):
+                if history:
+                    seen = np.unique(np.asarray(history))
+                    values = logits[row, seen]
+                    # As in transformers: shrink positive logits, grow negative ones.
+                    logits[row, seen] = np.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if p.temperature == 0:
+            return logits.argmax(-1)
+        logits /= p.temperature
+        if p.top_k > 0 and p.top_k < logits.shape[-1]:
+            kth = np.partition(logits, -p.top_k, axis=-1)[:, -p.top_k][:, None]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        if p.min_p > 0:
+            probs = np.where(probs < p.min_p * probs.max(-1, keepdims=True), 0.0, probs)
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, axis=-1)
+            sorted_probs = np.take_along_axis(probs, order, -1)
+            # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+            drop_sorted = np.cumsum(sorted_probs, -1) - sorted_probs >= p.top_p
+            drop = np.zeros_like(drop_sorted)
+            np.put_along_axis(drop, order, drop_sorted, -1)
+            probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(-1, keepdims=True)
+        return np.array([self.rng.choice(probs.shape[-1], p=row) for row in probs])
