@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fetch_assets import ASSETS, find_assets_dir  # noqa: E402
+from fetch_assets import find_assets_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,31 @@ def assets_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm_gguf(assets_dir) -> Path:
-    return assets_dir / ASSETS["smollm2-135m-instruct-q4_1.gguf"].name
+    return assets_dir / "smollm2-135m-instruct-q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm_engine(smollm_gguf, tmp_path_factory):
+    """SmolLM2 exported once per test session (fp32, onnx target by default), keyed by target."""
+    from llamaport.exporter import ExportOptions, export_engine
+
+    root = tmp_path_factory.mktemp("smollm_engines")
+    made: dict[str, Path] = {}
+
+    def get(target: str = "onnx") -> Path:
+        if target not in made:
+            export_engine(smollm_gguf, root / target, ExportOptions(target=target, max_seq=512, max_batch=2))
+            made[target] = root / target
+        return made[target]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm_eager(smollm_gguf):
+    from llamaport.runtime import Engine
+
+    return Engine.open(smollm_gguf, backend="eager", max_seq=512)
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,7 @@ def test_unwritable_output_is_a_clear_error(checkpoints, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnx", "ort"])
-def test_smollm2_exports_and_verifies(target, smollm_gguf, tmp_path):
-    manifest = export_engine(smollm_gguf, tmp_path / "e", ExportOptions(target=target, max_seq=256, max_batch=2))
+def test_smollm2_exports_and_verifies(target, smollm_engine):
+    manifest = json.loads((smollm_engine(target) / "manifest.json").read_text())
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_logit_diff"] <= 1e-4
     assert {"tokenizer.json", "chat_template.jinja"} <= set(manifest["files"])
