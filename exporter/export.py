@@ -89,6 +89,8 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             if model is None:
                 model = materialize(checkpoint, DTYPES[options.dtype], TASKS[options.task])
             use_plugin_attention(model)
+            if options.task == "causal-lm":
+                model.fuse_projections()
             spec = GraphSpec(options.target, options.max_seq, options.max_batch, options.logits, options.task)
             trace_to_onnx(model, config, spec, DTYPES[options.dtype], tmp / "model.onnx")
             del model

@@ -39,6 +39,17 @@ def tp_linear(layer: nn.Linear, x: torch.Tensor, tp: int, split: str) -> torch.T
     return y if layer.bias is None else y + layer.bias
 
 
+def _fused_linear(*layers: nn.Linear) -> nn.Linear:
+    """A Linear whose output is the concatenation of `layers`' outputs (weights moved, not copied twice)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -46,10 +57,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 even for fp16/bf16 activations (a sum of squares overflows fp16). F.rms_norm
-        # exports as ONNX RMSNormalization.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * normed.to(x.dtype)
+        # Statistics in float32 even for fp16/bf16 activations (a sum of squares overflows fp16). F.rms_norm with
+        # its weight exports as one ONNX RMSNormalization node.
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -68,11 +78,21 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         # Swappable so the exporter can route attention through a plugin op with the same semantics.
         self.attention_fn: AttentionFn = gqa_attention
+        self.qkv_proj: nn.Linear | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """One (q|k|v) matmul instead of three: same numbers, fewer and larger GEMVs for deployment graphs."""
+        self.qkv_proj = _fused_linear(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, k_cache, v_cache, past_lengths):
-        q = tp_linear(self.q_proj, x, self.tp, "out")  # (B, S, H_q*D)
-        k = tp_linear(self.k_proj, x, self.tp, "out")  # (B, S, H_kv*D)
-        v = tp_linear(self.v_proj, x, self.tp, "out")  # (B, S, H_kv*D)
+        if self.qkv_proj is not None:
+            kv_width = self.num_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        else:
+            q = tp_linear(self.q_proj, x, self.tp, "out")  # (B, S, H_q*D)
+            k = tp_linear(self.k_proj, x, self.tp, "out")  # (B, S, H_kv*D)
+            v = tp_linear(self.v_proj, x, self.tp, "out")  # (B, S, H_kv*D)
         out, k_cache, v_cache = self.attention_fn(q, k, v, cos, sin, k_cache, v_cache, past_lengths)
         return tp_linear(self.o_proj, out, self.tp, "in"), k_cache, v_cache
 
@@ -84,8 +104,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse_projections()
+
+    def fuse_projections(self) -> None:
+        self.gate_up_proj = _fused_linear(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         gate = tp_linear(self.gate_proj, x, self.tp, "out")
         up = tp_linear(self.up_proj, x, self.tp, "out")
         return tp_linear(self.down_proj, F.silu(gate) * up, self.tp, "in")
@@ -162,6 +190,14 @@ class LlamaForCausalLM(nn.Module):
 
     def new_cache(self, batch_size: int, max_seq: int, dtype=None, device=None) -> KVCache:
         return self.model.new_cache(batch_size, max_seq, dtype, device)
+
+    def fuse_projections(self) -> "LlamaForCausalLM":
+        """Merge q/k/v and gate/up projections (for export; pretraining_tp > 1 keeps its sliced form)."""
+        if self.config.pretraining_tp == 1:
+            for layer in self.model.layers:
+                layer.self_attn.fuse_projections()
+                layer.mlp.fuse_projections()
+        return self
 
     def forward(
         self,

@@ -14,8 +14,9 @@ from .engine import Engine
 from .sampling import SamplingParams
 
 
-def measure_read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> float:
-    """Bytes/s that ONNX Runtime's CPU kernels read with `threads` threads (ReduceSum over a large buffer)."""
+def measure_read_bandwidth(threads: int, megabytes: int = 1024, repeats: int = 10) -> float:
+    """Bytes/s that ONNX Runtime's CPU kernels read with `threads` threads: the best of `repeats` ReduceSums
+    over a buffer far larger than the caches (the best run is the attainable bandwidth; others met noise)."""
     import onnxruntime as ort
     from onnxruntime import OrtValue
 
