@@ -74,6 +74,7 @@ def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: i
         runs.append((result[0] if isinstance(result, list) else result).timings)
     ttft = statistics.median(r["time_to_first_token_s"] for r in runs)
     decode_steps_per_s = statistics.median(r["decode_steps_per_s"] for r in runs)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth probe's buffer
     from .backends.onnxruntime_backend import physical_cores
 
     threads = threads or physical_cores()
@@ -93,7 +94,7 @@ def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: i
         "time_to_first_token_s": ttft,
         "prefill_tokens_per_s": batch * prompt_len / ttft,
         "decode_tokens_per_s": decode_steps_per_s * batch,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
         "bytes_per_decode_step": per_step,
         "measured_read_bandwidth_gb_s": bandwidth / 1e9,
         "roofline_decode_tokens_per_s": bandwidth / per_step * batch,
