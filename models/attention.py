@@ -35,6 +35,7 @@ def gqa_attention(
     v_cache: torch.Tensor,
     past_lengths: torch.Tensor,
     inplace: bool | None = None,
+    kv_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One attention layer with fused RoPE and cache write.
 
@@ -42,7 +43,9 @@ def gqa_attention(
     past_lengths (B,) tokens already in each row's cache. Returns (out (B, S, H_q*D), k_cache, v_cache).
 
     inplace=None updates the caches in place in eager inference (no copy of the whole cache per step) and
-    functionally when exporting or differentiating. Softmax runs in float32 whatever the activation dtype.
+    functionally when exporting or differentiating. kv_len: how much of the cache to read (the longest filled
+    row); the model computes it once per forward, so a GPU run does not sync once per layer to find it.
+    Softmax runs in float32 whatever the activation dtype.
     """
     batch, seq_len, _ = q.shape
     num_kv_heads, max_seq, head_dim = k_cache.shape[1:]
@@ -61,7 +64,10 @@ def gqa_attention(
     v_cache = write_cache(v_cache, v, positions, inplace)
 
     # Read only the filled part, so the cost tracks the current length and not S_max.
-    kv_len = max_seq if exporting else int(positions.max()) + 1
+    if exporting:
+        kv_len = max_seq
+    elif kv_len is None:
+        kv_len = int(positions.max()) + 1
     keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]  # (B, H_kv, T, D)
 
     # Fold the query groups into the sequence axis instead of repeating K/V per query head.

@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.qkv_proj = _fused_linear(self.q_proj, self.k_proj, self.v_proj)
         del self.q_proj, self.k_proj, self.v_proj
 
-    def forward(self, x, cos, sin, k_cache, v_cache, past_lengths):
+    def forward(self, x, cos, sin, k_cache, v_cache, past_lengths, kv_len=None):
         if self.qkv_proj is not None:
             kv_width = self.num_kv_heads * self.head_dim
             q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
@@ -93,7 +93,10 @@ class Attention(nn.Module):
             q = tp_linear(self.q_proj, x, self.tp, "out")  # (B, S, H_q*D)
             k = tp_linear(self.k_proj, x, self.tp, "out")  # (B, S, H_kv*D)
             v = tp_linear(self.v_proj, x, self.tp, "out")  # (B, S, H_kv*D)
-        out, k_cache, v_cache = self.attention_fn(q, k, v, cos, sin, k_cache, v_cache, past_lengths)
+        if kv_len is None:  # the plugin op's signature: it finds the filled length itself
+            out, k_cache, v_cache = self.attention_fn(q, k, v, cos, sin, k_cache, v_cache, past_lengths)
+        else:
+            out, k_cache, v_cache = self.attention_fn(q, k, v, cos, sin, k_cache, v_cache, past_lengths, kv_len=kv_len)
         return tp_linear(self.o_proj, out, self.tp, "in"), k_cache, v_cache
 
 
@@ -127,8 +130,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, past_lengths):
-        h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, past_lengths)
+    def forward(self, x, cos, sin, k_cache, v_cache, past_lengths, kv_len=None):
+        h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, past_lengths, kv_len)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, k_cache, v_cache
@@ -164,9 +167,12 @@ class LlamaModel(nn.Module):
         if self.config.rope_type == "dynamic":
             inv_freq = dynamic_inv_freq(self.config, positions)
         cos, sin = rotary_cos_sin(inv_freq, positions, self.attention_scaling, x.dtype)  # (B, S, D/2)
+        # Eager reads only the filled part of the cache; one device sync per forward to learn how much that is.
+        exporting = torch.compiler.is_exporting() or self.layers[0].self_attn.attention_fn is not gqa_attention
+        kv_len = None if exporting else int(positions.max()) + 1
         new_cache: KVCache = []
         for layer, (k_cache, v_cache) in zip(self.layers, cache):
-            x, k_cache, v_cache = layer(x, cos, sin, k_cache, v_cache, past_lengths)
+            x, k_cache, v_cache = layer(x, cos, sin, k_cache, v_cache, past_lengths, kv_len)
             new_cache.append((k_cache, v_cache))
         return self.norm(x), new_cache
 
