@@ -1,4 +1,4 @@
-"""The plugin ops as `torch.library` custom ops: opaque to tracing, so each target can give them its own lowering.
+"""The plugin ops (GQA attention with fused RoPE and cache write; standalone RoPE) as `torch.library` custom ops: opaque to tracing, so each target can give them its own lowering.
 
 Eager runs call the reference implementation (`llamaport.models.attention.gqa_attention`); the fake (meta)
 implementation gives torch.export the output shapes.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from llamaport.models.attention import gqa_attention as gqa_reference
+from llamaport.models.rope import apply_rotary
 
 
 @torch.library.custom_op("llamaport::gqa_attention", mutates_args=())
@@ -38,3 +39,16 @@ def use_plugin_attention(model: torch.nn.Module) -> torch.nn.Module:
         if hasattr(module, "attention_fn"):
             module.attention_fn = gqa_attention
     return model
+
+
+@torch.library.custom_op("llamaport::rotary_embedding", mutates_args=())
+def rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate-half RoPE on x (B, S, H*D) with cos/sin (B, S, D/2); for graphs that keep RoPE out of attention."""
+    batch, seq_len, width = x.shape
+    heads = x.view(batch, seq_len, num_heads, width // num_heads).transpose(1, 2)  # (B, H, S, D)
+    return apply_rotary(heads, cos, sin).transpose(1, 2).reshape(batch, seq_len, width)
+
+
+@rotary_embedding.register_fake
+def _rotary_embedding_fake(x, cos, sin, num_heads):
+    return torch.empty_like(x)

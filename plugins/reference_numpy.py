@@ -54,4 +54,13 @@ class GQAAttention(OpRun):
         return gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths, num_heads, num_kv_heads, head_dim)
 
 
-REFERENCE_OPS = [GQAAttention]
+class RoPE(OpRun):
+    op_domain = PLUGIN_DOMAIN
+
+    def _run(self, x, cos, sin, num_heads=None, plugin_version=None, plugin_namespace=None):
+        batch, seq_len, width = x.shape
+        heads = x.reshape(batch, seq_len, num_heads, width // num_heads).transpose(0, 2, 1, 3)
+        return (rotate(heads, cos, sin).transpose(0, 2, 1, 3).reshape(x.shape).astype(x.dtype),)
+
+
+REFERENCE_OPS = [GQAAttention, RoPE]

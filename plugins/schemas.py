@@ -1,6 +1,7 @@
 """ONNX operator schemas for the ops our exported graphs use that `onnx` itself does not define.
 
-- `llamaport.GQAAttention` (version 1): our TensorRT plugin's node. Attributes become TensorRT PluginFields.
+- `llamaport.GQAAttention` and `llamaport.RoPE` (version 1): our TensorRT plugins' nodes. Attributes
+  become TensorRT PluginFields.
 - `com.microsoft.GroupQueryAttention` (version 1): ONNX Runtime's contrib op, declared here only so onnxscript can
   build it and `onnx.checker`/shape inference accept the graph; ONNX Runtime brings its own kernel.
 Registering is idempotent; `register()` is called on import of `llamaport.plugins`.
@@ -46,6 +47,23 @@ def gqa_plugin_schema() -> OpSchema:
     )
 
 
+def rotary_plugin_schema() -> OpSchema:
+    return OpSchema(
+        "RoPE",  # not "RotaryEmbedding": onnx.reference wants op names unique across domains
+        PLUGIN_DOMAIN,
+        1,
+        doc="Rotate-half RoPE on (B, S, H*D) with cos/sin (B, S, D/2).",
+        inputs=[_param("x", "T"), _param("cos", "T"), _param("sin", "T")],
+        outputs=[_param("y", "T")],
+        type_constraints=[("T", _FLOATS, "activation dtype")],
+        attributes=[
+            _attr("num_heads", OpSchema.AttrType.INT),
+            _attr("plugin_version", OpSchema.AttrType.STRING),
+            _attr("plugin_namespace", OpSchema.AttrType.STRING),
+        ],
+    )
+
+
 def ort_gqa_schema() -> OpSchema:
     names = ("query", "key", "value", "past_key", "past_value")
     return OpSchema(
@@ -69,6 +87,6 @@ def ort_gqa_schema() -> OpSchema:
 
 
 def register() -> None:
-    for schema in (gqa_plugin_schema(), ort_gqa_schema()):
+    for schema in (gqa_plugin_schema(), rotary_plugin_schema(), ort_gqa_schema()):
         if not onnx.defs.has(schema.name, schema.domain):
             onnx.defs.register_schema(schema)

@@ -89,6 +89,16 @@ def tensorrt_plugin(heads: Heads):
     return gqa_attention
 
 
+def rotary_standard(x, cos, sin, num_heads: int):
+    """`onnx` and `ort`: ONNX's own RotaryEmbedding-23 on the (B, S, H*D) layout."""
+    return op.RotaryEmbedding(x, cos, sin, num_heads=num_heads)
+
+
+def rotary_plugin(x, cos, sin, num_heads: int):
+    return lp.RoPE(x, cos, sin, num_heads=num_heads, plugin_version=PLUGIN_VERSION,
+                              plugin_namespace=PLUGIN_DOMAIN)
+
+
 def translation_table(target: str, heads: Heads) -> dict:
     """The `custom_translation_table` for torch.onnx.export for one target."""
     import torch
@@ -96,4 +106,5 @@ def translation_table(target: str, heads: Heads) -> dict:
     from . import ops  # noqa: F401  (registers torch.ops.llamaport.*)
 
     build = {"onnx": onnx_standard, "ort": onnxruntime_contrib, "trt": tensorrt_plugin}[target]
-    return {torch.ops.llamaport.gqa_attention.default: build(heads)}
+    rotary = rotary_plugin if target == "trt" else rotary_standard
+    return {torch.ops.llamaport.gqa_attention.default: build(heads), torch.ops.llamaport.rotary_embedding.default: rotary}

@@ -36,6 +36,10 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
 
 
+class _Cancelled(Exception):
+    """Raised inside a streaming generation when its consumer has gone away."""
+
+
 def read_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.exists():
@@ -181,7 +185,7 @@ class Engine:
     def generate(self, prompt, params: SamplingParams | None = None, chat: bool = False, truncate: bool = False):
         """Text (or token ids) in, `GenerationResult` out. A list of prompts gives a list of results."""
         params = params or SamplingParams()
-        batched = isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+        batched = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and isinstance(prompt[0], (str, list, tuple, np.ndarray))
         prompts = prompt if batched else [prompt]
         if chat:
             ids = [self.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
@@ -199,10 +203,18 @@ class Engine:
         ids = self.apply_chat_template([{"role": "user", "content": prompt}]) if chat else self.encode(prompt, truncate)
         pieces: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
+        cancelled = threading.Event()
+
+        def emit(_row: int, piece: str) -> None:
+            if cancelled.is_set():  # the consumer stopped iterating: stop generating too
+                raise _Cancelled
+            pieces.put(piece)
 
         def work():
             try:
-                self._run([ids], params or SamplingParams(), on_piece=lambda _row, piece: pieces.put(piece))
+                self._run([ids], params or SamplingParams(), on_piece=emit)
+            except _Cancelled:
+                pass
             except BaseException as e:  # re-raised in the caller's thread
                 failure.append(e)
             finally:
@@ -210,9 +222,12 @@ class Engine:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        while (piece := pieces.get()) is not None:
-            yield piece
-        thread.join()
+        try:
+            while (piece := pieces.get()) is not None:
+                yield piece
+        finally:
+            cancelled.set()
+            thread.join()
         if failure:
             raise failure[0]
 

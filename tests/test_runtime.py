@@ -150,3 +150,21 @@ def test_check_passes_on_a_good_engine_and_fails_on_a_damaged_one(smollm_engine,
     del data
     result = CliRunner().invoke(main, ["check", str(damaged), "--reference", str(smollm_gguf), "--greedy-tokens", "8"])
     assert result.exit_code == 1 and "FAIL" in result.output
+
+
+@pytest.mark.slow
+def test_chat_cli_answers_and_exits_cleanly_at_end_of_input(smollm_engine):
+    result = CliRunner().invoke(main, ["chat", str(smollm_engine("ort")), "--max-new-tokens", "24"],
+                                input="What is the capital of France?\n")
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.output
+
+
+@pytest.mark.slow
+def test_leaving_a_stream_early_stops_generation_and_the_engine_stays_usable(smollm_engine):
+    engine = Engine.open(smollm_engine("onnx"))
+    stream = engine.stream("Once upon a time", SamplingParams(max_new_tokens=200, ignore_eos=True))
+    first = [next(stream), next(stream)]
+    stream.close()  # what a `break` out of the for loop does
+    assert all(first)
+    assert len(engine.generate("Once upon a time", SamplingParams(max_new_tokens=3, ignore_eos=True)).token_ids) == 3
