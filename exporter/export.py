@@ -58,6 +58,19 @@ def check_options(options: ExportOptions, config) -> None:
         )
 
 
+def release_weights(model: torch.nn.Module) -> None:
+    """Free the weights' memory now, before verification loads the graph's own copy.
+
+    torch's exporter keeps references to the traced module's tensors after export returns; emptying the storages
+    frees the memory whoever holds the tensor objects, so verification never holds two copies of the weights.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        try:
+            tensor.untyped_storage().resize_(0)
+        except RuntimeError:  # storage borrowed from numpy or a mapped file: drop our reference at least
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
 def export_engine(src: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> dict:
     """Export SRC to the engine directory OUT; returns the manifest. Nothing is left at OUT on failure."""
     stages = ["load", "reference", "trace", "verify", "manifest"]
@@ -93,6 +106,7 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
                 model.fuse_projections()
             spec = GraphSpec(options.target, options.max_seq, options.max_batch, options.logits, options.task)
             trace_to_onnx(model, config, spec, DTYPES[options.dtype], tmp / "model.onnx")
+            release_weights(model)
             del model
             gc.collect()
             bar.update(1)

@@ -107,6 +107,8 @@ def onnxruntime_runner(path: Path) -> Callable[[dict], dict]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # TensorScatter warns when it cannot work in place; plain run() never can
+    # Prepacked MatMul weights are a second copy of the model; a few verification steps do not need the speed.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}

@@ -153,7 +153,8 @@ def read_gguf(path: Path) -> Checkpoint:
                 w = interleaved_to_half(w, config.num_attention_heads)
             elif name.endswith("attn_k.weight"):
                 w = interleaved_to_half(w, config.num_key_value_heads)
-            yield target, torch.from_numpy(np.ascontiguousarray(w))
+            # torch-owned memory (a transient per-tensor copy) that the exporter can free early (see release_weights)
+            yield target, torch.tensor(w)
 
     types = sorted({t.tensor_type.name for t in reader.tensors})
     return Checkpoint(path, "gguf", config, tensors, tokenizer_files, "+".join(types), tokenizer_kind)
