@@ -21,6 +21,8 @@ from torch import nn
 from llamaport.models import LlamaConfig
 from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
 
+from .fusions import postprocess
+
 CLASSIFIER_INPUTS = ["input_ids"]
 
 
@@ -134,25 +136,4 @@ def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype:
             verbose=False,
         )
     program.save(str(path), external_data=True)
-    prune_unused_outputs(path)
-
-
-def prune_unused_outputs(path: Path) -> None:
-    """Drop trailing node outputs nobody reads (Attention's optional present_key/qk outputs cost real copies)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    changed = False
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type != "Attention":
-            continue
-        keep = list(node.output)
-        while len(keep) > 1 and keep[-1] not in used:
-            keep.pop()
-        if len(keep) != len(node.output):
-            del node.output[len(keep):]
-            changed = True
-    if changed:
-        onnx.save(model, str(path))
+    postprocess(path)

@@ -39,20 +39,37 @@ def _seq_len(x):
     return op.Shape(x, start=1, end=2)  # (1,) int64
 
 
+class _PerGraph:
+    """Values every layer derives the same way from past_lengths (filled lengths, GQA's seqlens_k), built once
+    by the first layer and reused by the others: ONNX Runtime does not merge the 30 identical copies itself."""
+
+    def __init__(self):
+        self.values: dict[tuple, object] = {}
+
+    def get(self, key: tuple, build):
+        if key not in self.values:
+            self.values[key] = build()
+        return self.values[key]
+
+
 def onnx_standard(heads: Heads):
     h, kv, d = heads.num_heads, heads.num_kv_heads, heads.head_dim
 
     def to_heads(x, n):  # (B, S, n*D) -> (B, n, S, D)
         return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, n, d])), perm=[0, 2, 1, 3])
 
+    shared = _PerGraph()
+
+    def lengths(q, past_lengths):
+        total = op.Add(past_lengths, _seq_len(q))  # (B,) filled length after this step
+        return total, op.ReduceMax(total, keepdims=1), op.Constant(value_ints=[0]), op.Constant(value_ints=[2])
+
     def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
         q4 = op.RotaryEmbedding(to_heads(q, h), cos, sin)
         k4 = op.RotaryEmbedding(to_heads(k, kv), cos, sin)
         k_cache = op.TensorScatter(k_cache, k4, past_lengths, axis=2)
         v_cache = op.TensorScatter(v_cache, to_heads(v, kv), past_lengths, axis=2)
-        total = op.Add(past_lengths, _seq_len(q))  # (B,) filled length after this step
-        filled = op.ReduceMax(total, keepdims=1)  # (1,)
-        zero, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[2])
+        total, filled, zero, axis = shared.get((id(past_lengths), id(cos)), lambda: lengths(q, past_lengths))
         keys = op.Slice(k_cache, zero, filled, axis)  # (B, H_kv, T, D)
         vals = op.Slice(v_cache, zero, filled, axis)
         # is_causal with nonpad_kv_seqlen aligns each row's queries to the end of its filled length.
@@ -67,12 +84,18 @@ def onnx_standard(heads: Heads):
 def onnxruntime_contrib(heads: Heads):
     h, kv = heads.num_heads, heads.num_kv_heads
 
+    shared = _PerGraph()
+
+    def lengths(q, past_lengths):
+        total = op.Add(past_lengths, _seq_len(q))  # (B,)
+        seqlens_k = op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=_INT32)
+        return seqlens_k, op.Cast(op.ReduceMax(total, keepdims=0), to=_INT32)  # (B,), () int32
+
     def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
         q = op.RotaryEmbedding(q, cos, sin, num_heads=h)
         k = op.RotaryEmbedding(k, cos, sin, num_heads=kv)
-        total = op.Add(past_lengths, _seq_len(q))  # (B,)
-        seqlens_k = op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=_INT32)
-        total_len = op.Cast(op.ReduceMax(total, keepdims=0), to=_INT32)  # () int32
+        # Keyed on the graph's own tensors, so a second export never reuses the first one's values.
+        seqlens_k, total_len = shared.get((id(past_lengths), id(cos)), lambda: lengths(q, past_lengths))
         return ms.GroupQueryAttention(q, k, v, k_cache, v_cache, seqlens_k, total_len, num_heads=h, kv_num_heads=kv)
 
     return gqa_attention
