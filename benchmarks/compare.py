@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from fetch_assets import find_assets_dir  # noqa: E402
 
 THREADS = os.cpu_count() or 1
+GPU_SECTION = "## GPU"
 
 
 _MEASURE = (
@@ -201,7 +202,11 @@ def main() -> None:
                if not _importable(mod)]
     if missing:
         lines += ["", f"Not installed for this run: {', '.join(missing)}."]
-    (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    results = REPO / "benchmarks" / "RESULTS.md"
+    kept = ""  # sections recorded by other scripts (GPU runs on a lent machine) survive a CPU re-run
+    if results.exists() and GPU_SECTION in results.read_text():
+        kept = "\n" + results.read_text()[results.read_text().index(GPU_SECTION):]
+    results.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 
 

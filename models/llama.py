@@ -168,8 +168,9 @@ class LlamaModel(nn.Module):
             inv_freq = dynamic_inv_freq(self.config, positions)
         cos, sin = rotary_cos_sin(inv_freq, positions, self.attention_scaling, x.dtype)  # (B, S, D/2)
         # Eager reads only the filled part of the cache; one device sync per forward to learn how much that is.
-        exporting = torch.compiler.is_exporting() or self.layers[0].self_attn.attention_fn is not gqa_attention
-        kv_len = None if exporting else int(positions.max()) + 1
+        # Traced graphs (export, or attention routed through the plugin op) keep S_max and mask instead.
+        traced = torch.compiler.is_exporting() or self.layers[0].self_attn.attention_fn is not gqa_attention
+        kv_len = None if traced else int(positions.max()) + 1
         new_cache: KVCache = []
         for layer, (k_cache, v_cache) in zip(self.layers, cache):
             x, k_cache, v_cache = layer(x, cos, sin, k_cache, v_cache, past_lengths, kv_len)
