@@ -108,3 +108,13 @@ def test_bad_input_fails_with_a_clear_message_and_leaves_no_output(case, tiny_hf
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sharded_safetensors_with_index_load_like_a_single_file(tmp_path):
+    from llamaport.models import load_model
+
+    hf = save_hf_model(tmp_path / "one", "gqa")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    ids = torch.randint(3, 96, (1, 6))
+    assert torch.equal(load_model(tmp_path / "sharded")(ids), load_model(tmp_path / "one")(ids))
