@@ -18,6 +18,7 @@ PACKAGE_DIRS = {
 RUNTIME = [
     "numpy>=1.26",
     "onnxruntime>=1.23",
+    "onnx>=1.19",  # manifest reading and `bench`'s bandwidth probe; small, no torch
     "tokenizers>=0.20,<1",
     "sentencepiece>=0.2,<0.3",
     "protobuf>=4",
@@ -29,7 +30,6 @@ EXPORT = [
     "torch==2.13.0",  # the CPU build lies on disk on our machines; pinned so pip never pulls a CUDA build
     "safetensors>=0.4",
     "gguf>=0.10",
-    "onnx>=1.19",
     "onnxscript>=0.5",
 ]
 TENSORRT = ["tensorrt>=10.15", "polygraphy>=0.49"]
