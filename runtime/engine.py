@@ -157,7 +157,7 @@ class Engine:
                         continue
                     piece = decoders[row].push(token)
                     texts[row] += piece
-                    if params.stop and self._hit_stop(texts, row, params.stop):
+                    if params.stop and piece and self._hit_stop(texts, row, params.stop, len(piece)):
                         gen.finish(row, "stop")
                         piece = ""
                     if on_piece and piece:
@@ -174,9 +174,10 @@ class Engine:
         return results
 
     @staticmethod
-    def _hit_stop(texts: list[str], row: int, stops: list[str]) -> bool:
+    def _hit_stop(texts: list[str], row: int, stops: list[str], new_chars: int) -> bool:
+        """Cut row's text at the first stop string; only the tail the new piece could complete is searched."""
         for stop in stops:
-            index = texts[row].find(stop)
+            index = texts[row].find(stop, max(0, len(texts[row]) - new_chars - len(stop) + 1))
             if index >= 0:
                 texts[row] = texts[row][:index]
                 return True

@@ -43,6 +43,8 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, histories: list[list[int]]) -> np.ndarray:
         p = self.params
+        if p.temperature == 0 and p.repetition_penalty == 1.0:
+            return logits.argmax(-1)  # greedy: no copy of the (B, V) logits per step
         logits = logits.astype(np.float32, copy=True)  # (B, V)
         if p.repetition_penalty != 1.0:
             for row, history in enumerate(histories):

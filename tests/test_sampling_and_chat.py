@@ -37,3 +37,12 @@ def test_top_p_keeps_the_best_token_even_when_it_alone_exceeds_p():
     logits = np.log(np.array([[0.95, 0.05]]))
     sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=1))
     assert {int(sampler(logits, [[]])[0]) for _ in range(50)} == {0}
+
+
+def test_stop_string_search_cuts_the_text_at_the_first_match_in_the_new_tail():
+    from llamaport.runtime.engine import Engine
+
+    texts = ["Answer: 42.\nQ"]
+    assert Engine._hit_stop(texts, 0, ["\nQ"], new_chars=1)
+    assert texts == ["Answer: 42."]
+    assert not Engine._hit_stop(["no stop here"], 0, ["\nQ"], new_chars=4)
