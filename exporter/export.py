@@ -61,8 +61,9 @@ def check_options(options: ExportOptions, config) -> None:
 def release_weights(model: torch.nn.Module) -> None:
     """Free the weights' memory now, before verification loads the graph's own copy.
 
-    torch's exporter keeps references to the traced module's tensors after export returns; emptying the storages
-    frees the memory whoever holds the tensor objects, so verification never holds two copies of the weights.
+    torch's exporter keeps references to some of the traced module's tensors after export returns; emptying the
+    storages frees that memory whoever holds the tensor objects (measured on SmolLM2: verification peaks at about
+    1.6 copies of the weights, ONNX Runtime's included, instead of 1.8).
     """
     for tensor in [*model.parameters(), *model.buffers()]:
         try:
@@ -77,6 +78,9 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
     with tqdm(total=len(stages), desc="export", unit="stage", leave=False) as bar:
 
         def stage(name: str) -> None:
+            """Mark the previous stage done and show this one."""
+            if bar.postfix:
+                bar.update(1)
             bar.set_postfix_str(name)
 
         stage("load")
@@ -88,16 +92,14 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             expected = tokens = None
             schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
             model = None
+            stage("reference")
             if options.verify and options.task == "causal-lm":
                 # The reference is always fp32 eager; computed first so fp16 exports never hold two models.
                 model = materialize(checkpoint, torch.float32, LlamaForCausalLM)
-                bar.update(1)
-                stage("reference")
                 expected, tokens = eager_logits(model, schedule, options.max_seq)
                 if options.dtype != "fp32":
                     model = None
                     gc.collect()
-            bar.update(1)
             stage("trace")
             if model is None:
                 model = materialize(checkpoint, DTYPES[options.dtype], TASKS[options.task])
@@ -109,7 +111,6 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             release_weights(model)
             del model
             gc.collect()
-            bar.update(1)
             stage("verify")
             accuracy = None
             if expected is not None:
@@ -122,13 +123,13 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
                         f"(tolerance {result.tolerance:g}), top-1 agreement {result.top1_agreement:.3f} against "
                         f"fp32 eager; nothing was written"
                     )
-            bar.update(1)
             stage("manifest")
             for name, content in checkpoint.tokenizer_files.items():
                 (tmp / name).write_bytes(content)
             manifest = write_manifest(
-                tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target, task=options.task, dtype=options.dtype,
-                max_seq=options.max_seq, max_batch=options.max_batch, logits=options.logits,
+                tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
+                task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
+                logits=options.logits,
                 tokenizer=checkpoint.tokenizer_kind, accuracy=accuracy,
             )
             bar.update(1)

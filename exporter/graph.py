@@ -90,8 +90,9 @@ def example_inputs(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
     caches = tuple(torch.zeros(shape, dtype=dtype) for _ in range(2 * config.num_hidden_layers))
     lengths = (torch.full((batch,), seq, dtype=torch.int64),) if spec.logits == "last" else ()
     args = (ids, past, *lengths, *caches)
-    dims = ({0: batch_dim, 1: seq_dim}, {0: batch_dim}, *[{0: batch_dim}] * len(lengths), tuple({0: batch_dim} for _ in caches))
-    return args, dims
+    # Shaped like forward(input_ids, past_lengths, *rest): one spec per named argument, then one tuple for *rest.
+    rest = tuple({0: batch_dim} for _ in (*lengths, *caches))
+    return args, ({0: batch_dim, 1: seq_dim}, {0: batch_dim}, rest)
 
 
 @contextlib.contextmanager
@@ -117,10 +118,6 @@ def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype:
         wrapper = DecoderGraph(model, last_only=spec.logits == "last")
     table = translation_table(spec.target, Heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim))
     args, dims = example_inputs(config, spec, dtype)
-    if spec.task != "sequence-classification":
-        # *rest = (input_lengths?, *caches): give torch.export one spec per positional, caches grouped last.
-        fixed = dims[:-1]
-        dims = (*fixed[:2], tuple([*fixed[2:], *dims[-1]]))
     with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_onnx():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
