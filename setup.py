@@ -31,6 +31,7 @@ EXPORT = [
     "safetensors>=0.4",
     "gguf>=0.10",
     "onnxscript>=0.5",
+    "polygraphy>=0.49",  # `llamaport check` compares logits with its comparator (pure Python, 0.5 MB)
 ]
 TENSORRT = ["tensorrt>=10.15", "polygraphy>=0.49"]
 DEV = EXPORT + ["pytest>=8", "transformers>=5.0,<6", "accelerate>=1.0"]

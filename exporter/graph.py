@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from llamaport.models import LlamaConfig
+from llamaport.models.rope import rotary_cos_sin
 from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
 
 from .fusions import postprocess
@@ -95,6 +96,20 @@ def example_inputs(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
     return args, ({0: batch_dim, 1: seq_dim}, {0: batch_dim}, rest)
 
 
+def rotary_table(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
+    """(cos, sin) numpy (S_max, D/2) of every cache position, for a lowering that applies RoPE by table lookup.
+
+    Computed by the model's own rotary code, so the table holds exactly the values eager uses. None where no
+    table fits: dynamic NTK (frequencies change with length) and bf16 (no NumPy dtype; ONNX Runtime's CPU
+    GroupQueryAttention has no bf16 kernel either).
+    """
+    if config.rope_type == "dynamic" or dtype == torch.bfloat16:
+        return None
+    positions = torch.arange(spec.max_seq)[None]  # (1, S_max)
+    cos, sin = rotary_cos_sin(model.model.inv_freq, positions, model.model.attention_scaling, dtype)
+    return cos[0].numpy(), sin[0].numpy()
+
+
 @contextlib.contextmanager
 def _quiet_torch_onnx():
     """torch.onnx prints its own progress and registry warnings; our progress bar says what stage we are in."""
@@ -116,7 +131,8 @@ def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype:
         wrapper: nn.Module = ClassifierGraph(model)
     else:
         wrapper = DecoderGraph(model, last_only=spec.logits == "last")
-    table = translation_table(spec.target, Heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim))
+    heads = Heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+    table = translation_table(spec.target, heads, rotary_table(model, config, spec, dtype) if spec.target == "ort" else None)
     args, dims = example_inputs(config, spec, dtype)
     with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_onnx():
         warnings.simplefilter("ignore")

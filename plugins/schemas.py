@@ -65,6 +65,7 @@ def rotary_plugin_schema() -> OpSchema:
 
 
 def ort_gqa_schema() -> OpSchema:
+    # key/value are empty when query is packed (B, S, (H + 2 H_kv) * D); see exporter/fusions.pack_qkv.
     names = ("query", "key", "value", "past_key", "past_value")
     return OpSchema(
         "GroupQueryAttention",
@@ -74,6 +75,9 @@ def ort_gqa_schema() -> OpSchema:
             *[_param(n, "T") for n in names],
             _param("seqlens_k", "tensor(int32)"),
             _param("total_sequence_length", "tensor(int32)"),
+            # (S_max, D/2) tables that do_rotary=1 indexes by each token's position
+            _param("cos_cache", "T", optional=True),
+            _param("sin_cache", "T", optional=True),
         ],
         outputs=[_param("output", "T"), _param("present_key", "T"), _param("present_value", "T")],
         type_constraints=[("T", _FLOATS, "")],

@@ -6,8 +6,11 @@ past_lengths (B,)) and return (out (B, S, H_q*D), k_cache, v_cache):
 - `onnx`: standard ops only, opset 24: RotaryEmbedding, TensorScatter (in place when the runtime binds the
   present cache to the past buffer), then Attention over the cache sliced to the longest filled row, with
   `nonpad_kv_seqlen` masking each row's unfilled tail, so the cost tracks the filled length, not S_max.
-- `ort`: RotaryEmbedding + ONNX Runtime's fused `com.microsoft.GroupQueryAttention` with a shared past/present
-  buffer (in-place cache update; attention reads only `seqlens_k + 1` keys per row).
+- `ort`: ONNX Runtime's fused `com.microsoft.GroupQueryAttention` with a shared past/present buffer (in-place
+  cache update; attention reads only `seqlens_k + 1` keys per row). Given a rotary table it also applies RoPE
+  itself (`do_rotary`, positions from `seqlens_k`), which saves two RotaryEmbedding nodes per layer; without one
+  (dynamic NTK, whose frequencies change with length, or head_dim not a multiple of 16) RotaryEmbedding-23 runs
+  first. exporter/fusions.pack_qkv then hands it the fused qkv projection unsplit.
 - `trt`: one `llamaport.GQAAttention` node for our TensorRT plugin.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnx.numpy_helper import from_array
 from onnxscript import values
 
 from .schemas import ORT_DOMAIN, PLUGIN_DOMAIN, PLUGIN_VERSION, register
@@ -81,8 +85,10 @@ def onnx_standard(heads: Heads):
     return gqa_attention
 
 
-def onnxruntime_contrib(heads: Heads):
+def onnxruntime_contrib(heads: Heads, rotary_table=None):
     h, kv = heads.num_heads, heads.num_kv_heads
+    # GroupQueryAttention's own rotary needs head_dim % 16 == 0 (ONNX Runtime's check).
+    fused_rotary = rotary_table is not None and heads.head_dim % 16 == 0
 
     shared = _PerGraph()
 
@@ -92,10 +98,15 @@ def onnxruntime_contrib(heads: Heads):
         return seqlens_k, op.Cast(op.ReduceMax(total, keepdims=0), to=_INT32)  # (B,), () int32
 
     def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
-        q = op.RotaryEmbedding(q, cos, sin, num_heads=h)
-        k = op.RotaryEmbedding(k, cos, sin, num_heads=kv)
         # Keyed on the graph's own tensors, so a second export never reuses the first one's values.
         seqlens_k, total_len = shared.get((id(past_lengths), id(cos)), lambda: lengths(q, past_lengths))
+        if fused_rotary:
+            cos_cache, sin_cache = shared.get(
+                (id(past_lengths), "rotary_table"), lambda: tuple(op.Constant(value=from_array(t)) for t in rotary_table))
+            return ms.GroupQueryAttention(q, k, v, k_cache, v_cache, seqlens_k, total_len, cos_cache, sin_cache,
+                                          num_heads=h, kv_num_heads=kv, do_rotary=1)
+        q = op.RotaryEmbedding(q, cos, sin, num_heads=h)
+        k = op.RotaryEmbedding(k, cos, sin, num_heads=kv)
         return ms.GroupQueryAttention(q, k, v, k_cache, v_cache, seqlens_k, total_len, num_heads=h, kv_num_heads=kv)
 
     return gqa_attention
@@ -122,12 +133,19 @@ def rotary_plugin(x, cos, sin, num_heads: int):
                               plugin_namespace=PLUGIN_DOMAIN)
 
 
-def translation_table(target: str, heads: Heads) -> dict:
-    """The `custom_translation_table` for torch.onnx.export for one target."""
+def translation_table(target: str, heads: Heads, rotary_table=None) -> dict:
+    """The `custom_translation_table` for torch.onnx.export for one target.
+
+    `rotary_table`: (cos, sin) numpy arrays (S_max, D/2) in the activation dtype, cos/sin of every cache position,
+    or None when the frequencies are not static (dynamic NTK). Only the `ort` lowering uses it.
+    """
     import torch
 
     from . import ops  # noqa: F401  (registers torch.ops.llamaport.*)
 
-    build = {"onnx": onnx_standard, "ort": onnxruntime_contrib, "trt": tensorrt_plugin}[target]
+    if target == "ort":
+        gqa = onnxruntime_contrib(heads, rotary_table)
+    else:
+        gqa = {"onnx": onnx_standard, "trt": tensorrt_plugin}[target](heads)
     rotary = rotary_plugin if target == "trt" else rotary_standard
-    return {torch.ops.llamaport.gqa_attention.default: build(heads), torch.ops.llamaport.rotary_embedding.default: rotary}
+    return {torch.ops.llamaport.gqa_attention.default: gqa, torch.ops.llamaport.rotary_embedding.default: rotary}

@@ -1,12 +1,16 @@
 """`llamaport check`: an engine against the eager PyTorch model, in numbers, with per-precision thresholds.
 
-Per prompt: max/mean |logit diff|, cosine similarity, KL(eager || engine), top-1 and top-5 agreement, and the
-fraction of N greedy tokens both generate identically. On a text: perplexity of each and the relative delta.
-Needs torch (the eager reference).
+Per prompt: max/mean/median |logit diff| (Polygraphy's SimpleCompareFunc, the comparison TensorRT users know from
+`polygraphy run --atol`), cosine similarity, KL(eager || engine), top-1 and top-5 agreement, and the fraction of N
+greedy tokens both generate identically. On a text: perplexity of each and the relative delta. Polygraphy has no
+distribution metrics, so cosine/KL/top-k/perplexity are computed here with NumPy.
+Needs torch (the eager reference) and polygraphy: both come with the `[export]` extra.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,6 +48,7 @@ class PromptReport:
     prompt: str
     max_abs_diff: float
     mean_abs_diff: float
+    median_abs_diff: float
     cosine: float
     kl: float
     top1: float
@@ -57,17 +62,36 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def elementwise_error(expected: np.ndarray, got: np.ndarray) -> dict:
+    """Max/mean/median |diff| through Polygraphy's comparator.
+
+    Only its statistics are used: the thresholds are ours, per dtype. Polygraphy logs each comparison (a
+    mismatch against its own default tolerance at ERROR) and prints to stdout, which `check --json` owns, so it
+    is silenced and anything it still prints goes to stderr.
+    """
+    from polygraphy.comparator import IterationResult
+    from polygraphy.comparator.compare import SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity, G_LOGGER.colors = G_LOGGER.CRITICAL, False
+    compare = SimpleCompareFunc(check_error_stat="max")
+    with contextlib.redirect_stdout(sys.stderr):
+        result = compare(IterationResult({"logits": expected}, runner_name="eager"),
+                         IterationResult({"logits": got}, runner_name="engine"))["logits"]
+    return {"max_abs_diff": float(result.max_absdiff), "mean_abs_diff": float(result.mean_absdiff),
+            "median_abs_diff": float(result.median_absdiff)}
+
+
 def compare_logits(expected: np.ndarray, got: np.ndarray) -> dict:
     """Metrics over positions for (S, V) logits."""
-    diff = np.abs(expected - got)
+    expected, got = np.asarray(expected, np.float32), np.asarray(got, np.float32)
     cos = (expected * got).sum(-1) / (np.linalg.norm(expected, axis=-1) * np.linalg.norm(got, axis=-1))
     log_p, log_q = _log_softmax(expected), _log_softmax(got)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
     top1_ref = expected.argmax(-1)
     top5_got = np.argsort(-got, axis=-1)[:, :5]
     return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
+        **elementwise_error(expected, got),
         "cosine": float(cos.min()),
         "kl": float(kl.mean()),
         "top1": float(np.mean(top1_ref == got.argmax(-1))),

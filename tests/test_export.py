@@ -43,6 +43,20 @@ def test_fp32_graph_matches_eager_over_prefill_and_16_decode_steps(variant, targ
     assert len(diffs) == 17 and max(diffs) <= 1e-4, diffs
 
 
+@pytest.mark.parametrize("variant", ["gqa", "rope_dynamic"])
+def test_ort_graph_applies_rope_inside_packed_gqa_unless_frequencies_are_dynamic(variant, checkpoints, tmp_path):
+    export_engine(checkpoints[variant], tmp_path / "e", ExportOptions(target="ort", max_seq=32, max_batch=2, verify=False))
+    graph = onnx.load(str(tmp_path / "e" / "model.onnx"), load_external_data=False).graph
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    ops = {n.op_type for n in graph.node}
+    assert len(gqa) == 2
+    if variant == "rope_dynamic":  # frequencies depend on the length: no table, RoPE stays a separate op
+        assert "RotaryEmbedding" in ops
+    else:  # rotary tables in, qkv packed (the Split of the fused projection is gone)
+        assert "RotaryEmbedding" not in ops
+        assert all(n.input[1] == "" and n.input[2] == "" and n.input[7] and n.input[8] for n in gqa)
+
+
 @pytest.mark.parametrize("target", ["onnx", "ort"])
 def test_fp16_graph_agrees_with_fp32_eager_top1_on_every_step(target, checkpoints, tmp_path):
     out = tmp_path / "engine"

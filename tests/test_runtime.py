@@ -133,6 +133,22 @@ def test_smollm2_generate_cli_prints_json(smollm_engine):
     assert len(out["token_ids"]) == 5 and out["finish_reason"] == "length" and "decode_steps_per_s" in out["timings"]
 
 
+def test_check_metrics_measure_known_differences():
+    from llamaport.runtime.check import compare_logits
+
+    expected = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
+    got = expected.copy()
+    got[1, 7] += 0.25  # one logit off
+    got[2] = expected[2, ::-1]  # a different distribution at one position
+    m = compare_logits(expected, got)
+    assert m["max_abs_diff"] == pytest.approx(np.abs(expected - got).max())
+    assert m["mean_abs_diff"] == pytest.approx(np.abs(expected - got).mean(), rel=1e-5)
+    assert m["median_abs_diff"] == 0.0
+    assert m["top1"] == pytest.approx(2 / 3) and m["cosine"] < 0.5 and m["kl"] > 0.1
+    same = compare_logits(expected, expected)
+    assert same["max_abs_diff"] == 0.0 and same["kl"] == pytest.approx(0.0, abs=1e-12) and same["top5"] == 1.0
+
+
 @pytest.mark.slow
 def test_check_passes_on_a_good_engine_and_fails_on_a_damaged_one(smollm_engine, smollm_gguf, tmp_path):
     import shutil
