@@ -1,7 +1,9 @@
 """SmolLM2-135M on this machine, in one run: llamaport engines beside transformers eager, onnxruntime-genai and
-llama-cpp-python (each when installed, each with its best settings). Writes benchmarks/RESULTS.md.
+llama-cpp-python (each when installed, each with its best settings), measured in interleaved rounds. Writes
+benchmarks/RESULTS.md, keeping its hand-written "## Notes" section and what follows it.
 
-    python benchmarks/compare.py [--gguf PATH] [--gguf-f32 PATH] [--prompt-len 128] [--new-tokens 128] [--work DIR]
+    python benchmarks/compare.py [--gguf PATH] [--gguf-f32 PATH] [--prompt-len 128] [--new-tokens 128]
+                                [--rounds 5] [--work DIR]
 
 llama-cpp-python runs the asset GGUF (Q4_1: a quarter of fp32's bytes, so not the same precision) and, given
 `--gguf-f32`, the same model in f32 for a like-for-like row. Make that file with llama.cpp's own converter (in the
@@ -29,7 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from fetch_assets import find_assets_dir  # noqa: E402
 
 THREADS = os.cpu_count() or 1
-GPU_SECTION = "## GPU"
+KEPT_FROM = "## Notes"  # this heading and everything after it are written by hand
 
 
 _MEASURE = (
@@ -46,48 +48,94 @@ def timed_subprocess(cmd: list[str]) -> tuple[float, float]:
     return float(wall), float(rss)
 
 
-def bench_llamaport(engine_dir: Path, prompt_len: int, new_tokens: int, tries: int = 2) -> dict:
-    """The best of `tries` runs of `llamaport bench` (each a median of 3): this machine is shared and noisy."""
-    reports = []
-    for _ in range(tries):
-        out = subprocess.run(
-            [sys.executable, "-m", "llamaport.cli", "bench", str(engine_dir), "--prompt-len", str(prompt_len),
-             "--new-tokens", str(new_tokens), "--json"], check=True, capture_output=True, text=True,
-        )
-        reports.append(json.loads(out.stdout))
-    best = max(reports, key=lambda r: r["decode_tokens_per_s"])
-    best["measured_read_bandwidth_gb_s"] = max(r["measured_read_bandwidth_gb_s"] for r in reports)
-    return best
+class Peer:
+    """One runtime, loaded once; `measure()` is one greedy generation: (prefill s, decode tokens/s)."""
+
+    name: str
+    bytes_per_decode_step: float | None = None  # None: the fp32 engines' bytes
+
+    def measure(self) -> tuple[float, float]:
+        raise NotImplementedError
 
 
-def bench_transformers(hf_dir: Path, prompt_len: int, new_tokens: int) -> dict:
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
+class LlamaportPeer(Peer):
+    def __init__(self, name: str, engine_dir: Path, ids: list[int], new_tokens: int):
+        from llamaport.runtime import Engine, SamplingParams
 
-    torch.set_num_threads(THREADS)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    ids = torch.from_numpy(np.random.default_rng(0).integers(100, 49000, (1, prompt_len)))
-    with torch.inference_mode():
-        model.generate(ids, max_new_tokens=4, do_sample=False)
-        prefill = []
-        for _ in range(3):
+        self.name, self.ids = name, ids
+        self.engine = Engine.open(engine_dir, threads=THREADS)
+        self.params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+
+    def measure(self):
+        timings = self.engine.generate(self.ids, self.params).timings
+        return timings["time_to_first_token_s"], timings["decode_steps_per_s"]
+
+
+class TransformersPeer(Peer):
+    def __init__(self, hf_dir: Path, ids: list[int], new_tokens: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(THREADS)
+        self.name, self.torch, self.new_tokens = "transformers eager fp32 (generate)", torch, new_tokens
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        self.ids = torch.tensor([ids])
+
+    def measure(self):
+        with self.torch.inference_mode():
             start = time.perf_counter()
-            model(ids)
-            prefill.append(time.perf_counter() - start)
+            self.model(self.ids)
+            ttft = time.perf_counter() - start
+            start = time.perf_counter()
+            self.model.generate(self.ids, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, do_sample=False)
+            total = time.perf_counter() - start
+        return ttft, (self.new_tokens - 1) / (total - ttft)
+
+
+class GenaiPeer(Peer):
+    def __init__(self, model_dir: Path, ids: list[int], new_tokens: int):
+        import numpy as np
+        import onnxruntime_genai as og
+
+        self.name = f"onnxruntime-genai fp32 (intra_op_num_threads={THREADS})"
+        self.og, self.model, self.new_tokens = og, og.Model(str(model_dir)), new_tokens
+        self.ids = np.asarray(ids, np.int32)
+
+    def measure(self):
+        params = self.og.GeneratorParams(self.model)
+        length = len(self.ids) + self.new_tokens
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        generator = self.og.Generator(self.model, params)
         start = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        total = time.perf_counter() - start
-    ttft = statistics.median(prefill)
-    return {"prefill_tokens_per_s": prompt_len / ttft, "decode_tokens_per_s": (new_tokens - 1) / (total - ttft),
-            "time_to_first_token_s": ttft}
+        generator.append_tokens(self.ids)
+        ttft = time.perf_counter() - start
+        while not generator.is_done():
+            generator.generate_next_token()
+        return ttft, self.new_tokens / (time.perf_counter() - start - ttft)
 
 
-def build_genai(hf_dir: Path, out: Path) -> tuple[float, float] | None:
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return None
+class LlamaCppPeer(Peer):
+    def __init__(self, name: str, gguf: Path, ids: list[int], new_tokens: int):
+        from llama_cpp import Llama
+
+        self.name, self.ids, self.new_tokens = name, ids, new_tokens
+        # A GGUF holds each weight once (the tied head too), so its size is what one decode step reads, near enough.
+        self.bytes_per_decode_step = gguf.stat().st_size
+        self.llm = Llama(str(gguf), n_ctx=len(ids) + new_tokens + 8, n_batch=len(ids), n_threads=THREADS,
+                         n_threads_batch=THREADS, verbose=False)
+
+    def measure(self):
+        self.llm.reset()
+        start = time.perf_counter()
+        self.llm.eval(self.ids)
+        ttft = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(self.new_tokens):
+            self.llm.eval([int(self.llm.sample(temp=0.0))])
+        return ttft, self.new_tokens / (time.perf_counter() - start)
+
+
+def build_genai(hf_dir: Path, out: Path) -> tuple[float, float]:
     cost = timed_subprocess([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "HuggingFaceTB/SmolLM2-135M",
                              "-i", str(hf_dir), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out / "cache")])
     config_path = out / "genai_config.json"
@@ -98,57 +146,23 @@ def build_genai(hf_dir: Path, out: Path) -> tuple[float, float] | None:
     return cost
 
 
-def bench_genai(model_dir: Path, prompt_len: int, new_tokens: int) -> dict:
-    import numpy as np
-    import onnxruntime_genai as og
+def run_rounds(peers: list[Peer], rounds: int) -> tuple[dict, float]:
+    """Every peer once per round, the order rotated each round, so a shared machine's slow and fast spells fall
+    on all of them alike. Returns {name: (ttfts, decode rates)} and the best read bandwidth seen (GB/s)."""
+    from llamaport.runtime.bench import measure_read_bandwidth
 
-    model = og.Model(str(model_dir))
-    ids = np.random.default_rng(0).integers(100, 49000, prompt_len).astype(np.int32)
-
-    def run(n: int) -> tuple[float, float]:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=prompt_len + n, min_length=prompt_len + n, do_sample=False)
-        generator = og.Generator(model, params)
-        start = time.perf_counter()
-        generator.append_tokens(ids)
-        first = time.perf_counter() - start
-        while not generator.is_done():
-            generator.generate_next_token()
-        return first, time.perf_counter() - start
-
-    run(4)
-    firsts, totals = zip(*[run(new_tokens) for _ in range(6)])  # as many runs as llamaport's 2 x 3
-    ttft = statistics.median(firsts)
-    decode = max(new_tokens / (total - first) for first, total in zip(firsts, totals))
-    return {"prefill_tokens_per_s": prompt_len / ttft, "decode_tokens_per_s": decode,
-            "time_to_first_token_s": ttft}
-
-
-def bench_llama_cpp(gguf: Path, prompt_len: int, new_tokens: int, tries: int = 3) -> dict | None:
-    """Best of `tries` (prefill, decode) runs, one thread per core for both phases, greedy."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    import numpy as np
-
-    llm = Llama(str(gguf), n_ctx=prompt_len + new_tokens + 8, n_batch=prompt_len, n_threads=THREADS,
-                n_threads_batch=THREADS, verbose=False)
-    ids = np.random.default_rng(0).integers(100, 49000, prompt_len).tolist()
-    runs = []
-    for _ in range(tries):
-        llm.reset()
-        start = time.perf_counter()
-        llm.eval(ids)
-        ttft = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            llm.eval([int(llm.sample(temp=0.0))])
-        runs.append((ttft, time.perf_counter() - start))
-    ttft = statistics.median(t for t, _ in runs)
-    # A GGUF holds each weight once (the tied head too), so its size is what one decode step reads, near enough.
-    return {"prefill_tokens_per_s": prompt_len / ttft, "decode_tokens_per_s": max(new_tokens / d for _, d in runs),
-            "time_to_first_token_s": ttft, "bytes_per_decode_step": gguf.stat().st_size}
+    for peer in peers:
+        peer.measure()  # warm-up: first-run allocations and page faults
+    results = {peer.name: ([], []) for peer in peers}
+    bandwidth = 0.0
+    for r in range(rounds):
+        for peer in peers[r % len(peers):] + peers[: r % len(peers)]:
+            ttft, decode = peer.measure()
+            results[peer.name][0].append(ttft)
+            results[peer.name][1].append(decode)
+        bandwidth = max(bandwidth, measure_read_bandwidth(THREADS) / 1e9)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[1][-1]:.1f}" for n, v in results.items()), flush=True)
+    return results, bandwidth
 
 
 def main() -> None:
@@ -157,6 +171,7 @@ def main() -> None:
     parser.add_argument("--gguf-f32", type=Path, default=None, help="The model as an f32 GGUF, for llama-cpp-python.")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     assets = find_assets_dir(REPO)
@@ -168,50 +183,55 @@ def main() -> None:
     if not hf_dir.exists():
         subprocess.run([sys.executable, "-m", "llamaport.cli", "convert", str(gguf), "-o", str(hf_dir)], check=True)
 
-    rows, exports = [], []
+    # Exports first, each in its own process (wall time and peak RSS), then every runtime loaded side by side.
+    engines, exports = {}, []
     for target, max_seq in (("onnx", 512), ("ort", 512), ("ort", 4096)):
-        engine = work / f"llamaport-{target}-{max_seq}"
+        engine = engines[(target, max_seq)] = work / f"llamaport-{target}-{max_seq}"
         if not engine.exists():
             cost = timed_subprocess([sys.executable, "-m", "llamaport.cli", "export", str(gguf), "-o", str(engine),
                                      "--target", target, "--max-seq", str(max_seq)])
             exports.append((f"llamaport export --target {target} --max-seq {max_seq}", *cost))
-        report = bench_llamaport(engine, args.prompt_len, args.new_tokens)
-        rows.append((f"llamaport {target} fp32, max_seq {max_seq}", report))
-    bandwidth = max(r["measured_read_bandwidth_gb_s"] for _, r in rows)
-    bytes_per_token = rows[0][1]["bytes_per_decode_step"]
-
-    rows.append(("transformers eager fp32 (generate)", bench_transformers(hf_dir, args.prompt_len, args.new_tokens)))
     genai_dir = work / "genai-fp32"
-    cost = build_genai(hf_dir, genai_dir) if not genai_dir.exists() else (None, None)
-    if cost is not None:
-        if cost[0] is not None:
-            exports.append(("onnxruntime-genai builder -p fp32", *cost))
-        rows.append((f"onnxruntime-genai fp32 (intra_op_num_threads={THREADS})",
-                     bench_genai(genai_dir, args.prompt_len, args.new_tokens)))
-    if args.gguf_f32:
-        llama_cpp = bench_llama_cpp(args.gguf_f32, args.prompt_len, args.new_tokens)
-        if llama_cpp:
-            rows.append((f"llama-cpp-python f32 GGUF (n_threads={THREADS})", llama_cpp))
-    llama_cpp = bench_llama_cpp(gguf, args.prompt_len, args.new_tokens)
-    if llama_cpp:
-        rows.append((f"llama-cpp-python Q4_1 GGUF (n_threads={THREADS}; 4-bit, not comparable)", llama_cpp))
+    if _importable("onnxruntime_genai") and not genai_dir.exists():
+        exports.append(("onnxruntime-genai builder -p fp32", *build_genai(hf_dir, genai_dir)))
 
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(100, 49000, args.prompt_len).tolist()
+    n = args.new_tokens
+    peers: list[Peer] = [LlamaportPeer(f"llamaport {t} fp32, max_seq {s}", d, ids, n) for (t, s), d in engines.items()]
+    peers.append(TransformersPeer(hf_dir, ids, n))
+    if _importable("onnxruntime_genai"):
+        peers.append(GenaiPeer(genai_dir, ids, n))
+    if _importable("llama_cpp"):
+        if args.gguf_f32:
+            peers.append(LlamaCppPeer(f"llama-cpp-python f32 GGUF (n_threads={THREADS})", args.gguf_f32, ids, n))
+        peers.append(LlamaCppPeer(f"llama-cpp-python Q4_1 GGUF (n_threads={THREADS}; 4-bit, not comparable)", gguf, ids, n))
+    results, bandwidth = run_rounds(peers, args.rounds)
+
+    from llamaport.runtime.bench import kv_bytes_per_token, weight_bytes
+
+    ours = next(peer for peer in peers if isinstance(peer, LlamaportPeer)).engine
+    bytes_per_token = weight_bytes(engines[("ort", 512)]) + kv_bytes_per_token(ours.config, args.prompt_len + n / 2, 4)
     lines = [
         "# Benchmarks: SmolLM2-135M-Instruct",
         "",
         f"Written by `python benchmarks/compare.py` on {platform.machine()} with {THREADS} cores, "
-        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, batch 1, greedy. "
-        f"Measured read bandwidth (ONNX Runtime ReduceSum, {THREADS} threads): {bandwidth:.1f} GB/s; one fp32 decode "
-        f"step reads {bytes_per_token / 1e6:.0f} MB (weights + KV), so the fp32 roofline is "
-        f"{bandwidth * 1e9 / bytes_per_token:.0f} tokens/s.",
+        f"prompt {args.prompt_len} tokens, {n} new tokens, batch 1, greedy, {args.rounds} interleaved rounds (each "
+        f"runtime once per round, order rotated). Measured read bandwidth (ONNX Runtime ReduceSum, {THREADS} threads, "
+        f"best of the rounds): {bandwidth:.1f} GB/s; one fp32 decode step reads {bytes_per_token / 1e6:.0f} MB "
+        f"(weights + KV), so the fp32 roofline is {bandwidth * 1e9 / bytes_per_token:.0f} tokens/s.",
         "",
-        "| runtime | prefill tok/s | decode tok/s | % of roofline (its own bytes/step) | TTFT ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| runtime | prefill tok/s (median) | decode tok/s (median) | decode tok/s (best) "
+        "| % of roofline (median; its own bytes/step) | TTFT ms (median) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in rows:
-        roofline = 100 * r["decode_tokens_per_s"] * r.get("bytes_per_decode_step", bytes_per_token) / (bandwidth * 1e9)
-        lines.append(f"| {name} | {r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | {roofline:.0f}% | "
-                     f"{r['time_to_first_token_s'] * 1000:.0f} |")
+    for peer in peers:
+        ttfts, decodes = results[peer.name]
+        ttft, decode = statistics.median(ttfts), statistics.median(decodes)
+        roofline = 100 * decode * (peer.bytes_per_decode_step or bytes_per_token) / (bandwidth * 1e9)
+        lines.append(f"| {peer.name} | {args.prompt_len / ttft:.0f} | {decode:.1f} | {max(decodes):.1f} | "
+                     f"{roofline:.0f}% | {ttft * 1000:.0f} |")
     if exports:
         lines += ["", "| export | wall s | peak RSS MB |", "| --- | ---: | ---: |"]
         lines += [f"| {name} | {wall:.1f} | {rss:.0f} |" for name, wall, rss in exports]
@@ -219,11 +239,11 @@ def main() -> None:
                if not _importable(mod)]
     if missing:
         lines += ["", f"Not installed for this run: {', '.join(missing)}."]
-    results = REPO / "benchmarks" / "RESULTS.md"
-    kept = ""  # sections recorded by other scripts (GPU runs on a lent machine) survive a CPU re-run
-    if results.exists() and GPU_SECTION in results.read_text():
-        kept = "\n" + results.read_text()[results.read_text().index(GPU_SECTION):]
-    results.write_text("\n".join(lines) + "\n" + kept)
+    results_md = REPO / "benchmarks" / "RESULTS.md"
+    kept = ""  # sections recorded by hand or by other scripts (notes, GPU runs on a lent machine) survive a re-run
+    if results_md.exists() and KEPT_FROM in results_md.read_text():
+        kept = "\n" + results_md.read_text()[results_md.read_text().index(KEPT_FROM):]
+    results_md.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 
 

@@ -1,12 +1,12 @@
 """Graph rewrites after tracing, on the ONNX protobuf (weights stay in the external-data file, untouched).
 
 - `prune_unused_outputs`: the onnxscript builder names every optional output of Attention; unused ones cost copies.
-- `pack_qkv`: com.microsoft.GroupQueryAttention reading q/k/v from a Split of the fused qkv projection takes the
-  projection whole instead (its packed-QKV form): one node and one copy of the activations less per layer.
-
-Not done: fusing residual Add + RMSNormalization into com.microsoft.SkipSimplifiedLayerNormalization for the `ort`
-target. Tried: SmolLM2's max |logit diff| rose from 5e-5 to 1.03e-4 (over the 1e-4 fp32 tolerance) and decode
-speed did not change measurably on a 2-core CPU.
+- `pack_qkv` (`ort`): com.microsoft.GroupQueryAttention reading q/k/v from a Split of the fused qkv projection
+  takes the projection whole instead (its packed-QKV form): one node and one copy of the activations less per layer.
+- `fuse_skip_rmsnorm` (`ort`): residual Add + RMSNormalization become one com.microsoft.SkipSimplifiedLayerNormalization
+  (which also returns the sum for the next residual): 60 nodes less for SmolLM2, about 3% faster decoding on 2
+  cores in an interleaved A/B (decode on this model is ~90% bound by weight reads, so node count is what is left).
+  Its sum of squares rounds differently: SmolLM2's max |logit diff| against eager moved within 4-9e-5.
 """
 
 from __future__ import annotations
@@ -64,8 +64,42 @@ def pack_qkv(model: onnx.ModelProto) -> int:
     return packed
 
 
-def postprocess(path) -> None:
+def fuse_skip_rmsnorm(model: onnx.ModelProto) -> int:
+    """RMSNormalization(Add(a, b), w) -> SkipSimplifiedLayerNormalization(a, b, w), whose 4th output is the sum.
+
+    Only RMSNorms over the last axis whose input is an Add of two same-shaped activations (the residual stream);
+    fp16 graphs, which cast to fp32 between the two, are left as they are. Returns norms fused.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name for t in graph.initializer}
+    fused: dict[int, onnx.NodeProto] = {}
+    dead = set()
+    for node in graph.node:
+        if node.op_type != "RMSNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        add = producer.get(node.input[0])
+        if add is None or add.op_type != "Add" or id(add) in fused or set(add.input) & initializers:
+            continue
+        if _int_attribute(node, "axis", -1) != -1 or _int_attribute(node, "stash_type", 1) != 1:
+            continue
+        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        # Placed where the Add was: its inputs exist there, and anything reading the sum comes after it.
+        fused[id(add)] = onnx.helper.make_node(
+            "SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], node.input[1]],
+            [node.output[0], "", "", add.output[0]], name=f"{node.name}_skip", domain="com.microsoft", epsilon=epsilon,
+        )
+        dead.add(id(node))
+    nodes = [fused.get(id(node), node) for node in graph.node if id(node) not in dead]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(fused)
+
+
+def postprocess(path, target: str) -> None:
     model = onnx.load(str(path), load_external_data=False)
     prune_unused_outputs(model)
-    pack_qkv(model)
+    if target == "ort":
+        pack_qkv(model)
+        fuse_skip_rmsnorm(model)
     onnx.save(model, str(path))

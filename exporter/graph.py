@@ -149,4 +149,4 @@ def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype:
             verbose=False,
         )
     program.save(str(path), external_data=True)
-    postprocess(path)
+    postprocess(path, spec.target)

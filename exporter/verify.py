@@ -20,6 +20,10 @@ from llamaport.models.errors import LlamaportError
 
 # max |logit diff| allowed against fp32 eager, per graph dtype; fp16/bf16 are also held to top-1 agreement.
 TOLERANCE = {"fp32": 1e-4, "fp16": 0.5, "bf16": 1.0}
+# fp32 rounding grows with the logits' magnitude, so fp32 also passes within this fraction of the largest |logit|.
+# Measured on SmolLM2 (|logits| up to ~25): transformers vs our eager 4e-5; fused ONNX Runtime kernels, which sum
+# in another order, up to 1.1e-4. Real mistakes (a wrong rotary, one damaged weight) show as 1e-2 and more.
+FP32_RELATIVE_TOLERANCE = 1e-5
 NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
@@ -134,6 +138,8 @@ def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backe
     if not np.isfinite(max_diff):
         max_diff = float("inf")
     tolerance = TOLERANCE[dtype]
+    if dtype == "fp32":
+        tolerance = max(tolerance, FP32_RELATIVE_TOLERANCE * float(max(np.abs(e).max() for e in expected)))
     top1 = float(np.mean(agree))
     passed = max_diff <= tolerance and (dtype == "fp32" or top1 == 1.0)
     return Accuracy(max_diff, float(np.mean([d.mean() for d in diffs])), top1, len(expected) - 1,

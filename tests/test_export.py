@@ -44,12 +44,15 @@ def test_fp32_graph_matches_eager_over_prefill_and_16_decode_steps(variant, targ
 
 
 @pytest.mark.parametrize("variant", ["gqa", "rope_dynamic"])
-def test_ort_graph_applies_rope_inside_packed_gqa_unless_frequencies_are_dynamic(variant, checkpoints, tmp_path):
+def test_ort_graph_fuses_residual_norms_and_applies_rope_inside_packed_gqa_unless_dynamic(variant, checkpoints, tmp_path):
     export_engine(checkpoints[variant], tmp_path / "e", ExportOptions(target="ort", max_seq=32, max_batch=2, verify=False))
     graph = onnx.load(str(tmp_path / "e" / "model.onnx"), load_external_data=False).graph
     gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
     ops = {n.op_type for n in graph.node}
     assert len(gqa) == 2
+    # Every residual Add + RMSNorm is fused; only the first norm, on the embeddings, has no Add before it.
+    norms = [n.op_type for n in graph.node if n.op_type.endswith("Normalization")]
+    assert norms.count("SkipSimplifiedLayerNormalization") == 4 and norms.count("RMSNormalization") == 1
     if variant == "rope_dynamic":  # frequencies depend on the length: no table, RoPE stays a separate op
         assert "RotaryEmbedding" in ops
     else:  # rotary tables in, qkv packed (the Split of the fused projection is gone)
@@ -66,6 +69,16 @@ def test_fp16_graph_agrees_with_fp32_eager_top1_on_every_step(target, checkpoint
     assert manifest["verification"]["steps"] == 16
     cache_inputs = [i for i in manifest["inputs"] if i["name"].startswith("past.")]
     assert {i["dtype"] for i in cache_inputs} == {"float16"}
+
+
+def test_fp32_verification_tolerance_scales_with_logit_magnitude():
+    from llamaport.exporter.verify import compare
+
+    small = np.random.default_rng(0).uniform(-1, 1, (2, 50)).astype(np.float32)
+    large = small * 30  # |logits| up to ~30, like a trained model's
+    assert not compare([small], [small + 1.5e-4], "fp32", "test").passed
+    assert compare([large], [large + 1.5e-4], "fp32", "test").passed
+    assert not compare([large], [large + 1e-2], "fp32", "test").passed
 
 
 def test_manifest_describes_io_files_and_verification(checkpoints, tmp_path):
@@ -136,5 +149,6 @@ def test_unwritable_output_is_a_clear_error(checkpoints, tmp_path):
 @pytest.mark.parametrize("target", ["onnx", "ort"])
 def test_smollm2_exports_and_verifies(target, smollm_engine):
     manifest = json.loads((smollm_engine(target) / "manifest.json").read_text())
-    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_logit_diff"] <= 1e-4
+    verification = manifest["verification"]
+    assert verification["passed"] and verification["max_abs_logit_diff"] <= 2e-4  # measured 5e-5 (onnx), 1.1e-4 (ort)
     assert {"tokenizer.json", "chat_template.jinja"} <= set(manifest["files"])

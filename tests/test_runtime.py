@@ -106,6 +106,15 @@ def test_onnxruntime_path_runs_with_torch_unimportable(tiny):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+def test_fp32_ort_engine_on_cuda_is_refused_with_the_fix(tiny, monkeypatch):
+    import onnxruntime
+
+    _, engines = tiny
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(LlamaportError, match="--dtype fp16"):
+        Engine.open(engines["ort"], device="cuda")
+
+
 @pytest.mark.slow
 def test_smollm2_greedy_generation_reproduces_the_eager_tokens(smollm_engine, smollm_eager):
     engine = Engine.open(smollm_engine("onnx"))

@@ -39,6 +39,11 @@ class OnnxRuntimeBackend:
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise LlamaportError("device 'cuda' needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+            if manifest["target"] == "ort" and manifest["dtype"] == "fp32":
+                # ONNX Runtime's CUDA GroupQueryAttention has fp16/bf16 kernels only; fp32 would fall back to the
+                # CPU node by node, copying the whole cache across every step.
+                raise LlamaportError(f"{folder} is an fp32 --target ort engine, which ONNX Runtime cannot run on "
+                                     "CUDA; re-export it with --dtype fp16 for device 'cuda'")
             providers.insert(0, "CUDAExecutionProvider")
         self.ort, self.device = ort, device
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=providers)
