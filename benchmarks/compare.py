@@ -52,7 +52,6 @@ class Peer:
     """One runtime, loaded once; `measure()` is one greedy generation: (prefill s, decode tokens/s)."""
 
     name: str
-    bytes_per_decode_step: float | None = None  # None: the fp32 engines' bytes
 
     def measure(self) -> tuple[float, float]:
         raise NotImplementedError
@@ -72,12 +71,12 @@ class LlamaportPeer(Peer):
 
 
 class TransformersPeer(Peer):
-    def __init__(self, hf_dir: Path, ids: list[int], new_tokens: int):
+    def __init__(self, name: str, hf_dir: Path, ids: list[int], new_tokens: int):
         import torch
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(THREADS)
-        self.name, self.torch, self.new_tokens = "transformers eager fp32 (generate)", torch, new_tokens
+        self.name, self.torch, self.new_tokens = name, torch, new_tokens
         self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         self.ids = torch.tensor([ids])
 
@@ -87,17 +86,18 @@ class TransformersPeer(Peer):
             self.model(self.ids)
             ttft = time.perf_counter() - start
             start = time.perf_counter()
-            self.model.generate(self.ids, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, do_sample=False)
+            n = self.new_tokens
+            self.model.generate(self.ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             total = time.perf_counter() - start
         return ttft, (self.new_tokens - 1) / (total - ttft)
 
 
 class GenaiPeer(Peer):
-    def __init__(self, model_dir: Path, ids: list[int], new_tokens: int):
+    def __init__(self, name: str, model_dir: Path, ids: list[int], new_tokens: int):
         import numpy as np
         import onnxruntime_genai as og
 
-        self.name = f"onnxruntime-genai fp32 (intra_op_num_threads={THREADS})"
+        self.name = name
         self.og, self.model, self.new_tokens = og, og.Model(str(model_dir)), new_tokens
         self.ids = np.asarray(ids, np.int32)
 
@@ -119,8 +119,6 @@ class LlamaCppPeer(Peer):
         from llama_cpp import Llama
 
         self.name, self.ids, self.new_tokens = name, ids, new_tokens
-        # A GGUF holds each weight once (the tied head too), so its size is what one decode step reads, near enough.
-        self.bytes_per_decode_step = gguf.stat().st_size
         self.llm = Llama(str(gguf), n_ctx=len(ids) + new_tokens + 8, n_batch=len(ids), n_threads=THREADS,
                          n_threads_batch=THREADS, verbose=False)
 
@@ -146,20 +144,41 @@ def build_genai(hf_dir: Path, out: Path) -> tuple[float, float]:
     return cost
 
 
-def run_rounds(peers: list[Peer], rounds: int) -> tuple[dict, float]:
-    """Every peer once per round, the order rotated each round, so a shared machine's slow and fast spells fall
-    on all of them alike. Returns {name: (ttfts, decode rates)} and the best read bandwidth seen (GB/s)."""
+PEERS = {"llamaport": LlamaportPeer, "transformers": TransformersPeer, "genai": GenaiPeer, "llama_cpp": LlamaCppPeer}
+
+
+def measure_once(kind: str, name: str, path: str, prompt_len: int, new_tokens: int) -> dict:
+    """Load one runtime, warm it up, time one generation. Runs in a process of its own (see run_rounds)."""
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(100, 49000, prompt_len).tolist()
+    peer = PEERS[kind](name, Path(path), ids, new_tokens)
+    peer.measure()  # first-run allocations and page faults
+    ttft, decode = peer.measure()
+    return {"ttft": ttft, "decode": decode}
+
+
+def run_rounds(specs: list[tuple[str, str, Path]], rounds: int, prompt_len: int, new_tokens: int):
+    """Every runtime once per round, each in a fresh process, the order rotated each round.
+
+    Fresh processes, because runtimes sharing one process slow each other down: measured here, a llamaport engine
+    decoded ~8% slower beside a loaded onnxruntime-genai model than alone (the idle thread pools of other sessions
+    still compete for 2 cores), while alternating processes put the two level. Rotation spreads a shared machine's
+    slow and fast spells over all of them. Returns {name: (ttfts, decode rates)} and the best read bandwidth seen
+    (GB/s).
+    """
     from llamaport.runtime.bench import measure_read_bandwidth
 
-    for peer in peers:
-        peer.measure()  # warm-up: first-run allocations and page faults
-    results = {peer.name: ([], []) for peer in peers}
+    results = {name: ([], []) for _, name, _ in specs}
     bandwidth = 0.0
     for r in range(rounds):
-        for peer in peers[r % len(peers):] + peers[: r % len(peers)]:
-            ttft, decode = peer.measure()
-            results[peer.name][0].append(ttft)
-            results[peer.name][1].append(decode)
+        for kind, name, path in specs[r % len(specs):] + specs[: r % len(specs)]:
+            out = subprocess.run([sys.executable, __file__, "--worker", json.dumps([kind, name, str(path)]),
+                                  "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens)],
+                                 check=True, capture_output=True, text=True)
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name][0].append(measured["ttft"])
+            results[name][1].append(measured["decode"])
         bandwidth = max(bandwidth, measure_read_bandwidth(THREADS) / 1e9)
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[1][-1]:.1f}" for n, v in results.items()), flush=True)
     return results, bandwidth
@@ -173,7 +192,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure_once(*json.loads(args.worker), args.prompt_len, args.new_tokens)))
+        return
     assets = find_assets_dir(REPO)
     gguf = args.gguf or (assets / "smollm2-135m-instruct-q4_1.gguf" if assets else None)
     if gguf is None or not gguf.exists():
@@ -183,7 +206,7 @@ def main() -> None:
     if not hf_dir.exists():
         subprocess.run([sys.executable, "-m", "llamaport.cli", "convert", str(gguf), "-o", str(hf_dir)], check=True)
 
-    # Exports first, each in its own process (wall time and peak RSS), then every runtime loaded side by side.
+    # Exports first, each in its own process (wall time and peak RSS).
     engines, exports = {}, []
     for target, max_seq in (("onnx", 512), ("ort", 512), ("ort", 4096)):
         engine = engines[(target, max_seq)] = work / f"llamaport-{target}-{max_seq}"
@@ -195,42 +218,42 @@ def main() -> None:
     if _importable("onnxruntime_genai") and not genai_dir.exists():
         exports.append(("onnxruntime-genai builder -p fp32", *build_genai(hf_dir, genai_dir)))
 
-    import numpy as np
-
-    ids = np.random.default_rng(0).integers(100, 49000, args.prompt_len).tolist()
     n = args.new_tokens
-    peers: list[Peer] = [LlamaportPeer(f"llamaport {t} fp32, max_seq {s}", d, ids, n) for (t, s), d in engines.items()]
-    peers.append(TransformersPeer(hf_dir, ids, n))
+    specs = [("llamaport", f"llamaport {t} fp32, max_seq {m}", d) for (t, m), d in engines.items()]
+    specs.append(("transformers", "transformers eager fp32 (generate)", hf_dir))
     if _importable("onnxruntime_genai"):
-        peers.append(GenaiPeer(genai_dir, ids, n))
+        specs.append(("genai", f"onnxruntime-genai fp32 (intra_op_num_threads={THREADS})", genai_dir))
+    own_bytes = {}  # a GGUF holds each weight once (the tied head too): its size is what a decode step reads
     if _importable("llama_cpp"):
-        if args.gguf_f32:
-            peers.append(LlamaCppPeer(f"llama-cpp-python f32 GGUF (n_threads={THREADS})", args.gguf_f32, ids, n))
-        peers.append(LlamaCppPeer(f"llama-cpp-python Q4_1 GGUF (n_threads={THREADS}; 4-bit, not comparable)", gguf, ids, n))
-    results, bandwidth = run_rounds(peers, args.rounds)
+        for name, path in ((f"llama-cpp-python f32 GGUF (n_threads={THREADS})", args.gguf_f32),
+                           (f"llama-cpp-python Q4_1 GGUF (n_threads={THREADS}; 4-bit, not comparable)", gguf)):
+            if path:
+                specs.append(("llama_cpp", name, path))
+                own_bytes[name] = path.stat().st_size
+    results, bandwidth = run_rounds(specs, args.rounds, args.prompt_len, n)
 
     from llamaport.runtime.bench import kv_bytes_per_token, weight_bytes
 
-    ours = next(peer for peer in peers if isinstance(peer, LlamaportPeer)).engine
-    bytes_per_token = weight_bytes(engines[("ort", 512)]) + kv_bytes_per_token(ours.config, args.prompt_len + n / 2, 4)
+    config = json.loads((engines[("ort", 512)] / "manifest.json").read_text())["config"]
+    bytes_per_token = weight_bytes(engines[("ort", 512)]) + kv_bytes_per_token(config, args.prompt_len + n / 2, 4)
     lines = [
         "# Benchmarks: SmolLM2-135M-Instruct",
         "",
         f"Written by `python benchmarks/compare.py` on {platform.machine()} with {THREADS} cores, "
         f"prompt {args.prompt_len} tokens, {n} new tokens, batch 1, greedy, {args.rounds} interleaved rounds (each "
-        f"runtime once per round, order rotated). Measured read bandwidth (ONNX Runtime ReduceSum, {THREADS} threads, "
-        f"best of the rounds): {bandwidth:.1f} GB/s; one fp32 decode step reads {bytes_per_token / 1e6:.0f} MB "
-        f"(weights + KV), so the fp32 roofline is {bandwidth * 1e9 / bytes_per_token:.0f} tokens/s.",
+        f"runtime once per round in a fresh process, order rotated). Measured read bandwidth (ONNX Runtime "
+        f"ReduceSum, {THREADS} threads, best of the rounds): {bandwidth:.1f} GB/s; one fp32 decode step reads "
+        f"{bytes_per_token / 1e6:.0f} MB (weights + KV), so the fp32 roofline is "
+        f"{bandwidth * 1e9 / bytes_per_token:.0f} tokens/s.",
         "",
         "| runtime | prefill tok/s (median) | decode tok/s (median) | decode tok/s (best) "
         "| % of roofline (median; its own bytes/step) | TTFT ms (median) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for peer in peers:
-        ttfts, decodes = results[peer.name]
+    for name, (ttfts, decodes) in results.items():
         ttft, decode = statistics.median(ttfts), statistics.median(decodes)
-        roofline = 100 * decode * (peer.bytes_per_decode_step or bytes_per_token) / (bandwidth * 1e9)
-        lines.append(f"| {peer.name} | {args.prompt_len / ttft:.0f} | {decode:.1f} | {max(decodes):.1f} | "
+        roofline = 100 * decode * own_bytes.get(name, bytes_per_token) / (bandwidth * 1e9)
+        lines.append(f"| {name} | {args.prompt_len / ttft:.0f} | {decode:.1f} | {max(decodes):.1f} | "
                      f"{roofline:.0f}% | {ttft * 1000:.0f} |")
     if exports:
         lines += ["", "| export | wall s | peak RSS MB |", "| --- | ---: | ---: |"]
@@ -240,7 +263,7 @@ def main() -> None:
     if missing:
         lines += ["", f"Not installed for this run: {', '.join(missing)}."]
     results_md = REPO / "benchmarks" / "RESULTS.md"
-    kept = ""  # sections recorded by hand or by other scripts (notes, GPU runs on a lent machine) survive a re-run
+    kept = ""  # sections written by hand or by other scripts (notes, GPU runs on a lent machine) survive a re-run
     if results_md.exists() and KEPT_FROM in results_md.read_text():
         kept = "\n" + results_md.read_text()[results_md.read_text().index(KEPT_FROM):]
     results_md.write_text("\n".join(lines) + "\n" + kept)
