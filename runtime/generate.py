@@ -13,7 +13,7 @@ import numpy as np
 
 from llamaport.models.errors import LlamaportError
 
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, seen_mask
 
 
 @dataclass
@@ -89,10 +89,10 @@ class Generation:
         self.timings.prefill_s = time.perf_counter() - start
         past = lengths.copy()  # tokens in each row's cache
         ones = np.ones(batch, np.int64)
+        seen = seen_mask([r.prompt for r in rows], logits.shape[-1]) if self.params.repetition_penalty != 1.0 else None
         decode_start = time.perf_counter()
         while True:
-            histories = [r.prompt + r.tokens for r in rows] if self.params.repetition_penalty != 1.0 else []
-            chosen = self.sampler(logits, histories)
+            chosen = self.sampler(logits, seen)
             new: list[int | None] = []
             for b, r in enumerate(rows):
                 if r.finish_reason is not None:
@@ -104,6 +104,8 @@ class Generation:
                     new.append(None)
                     continue
                 r.tokens.append(token)
+                if seen is not None:
+                    seen[b, token] = True
                 self.timings.generated_tokens += 1
                 new.append(token)
                 if len(r.tokens) >= self.params.max_new_tokens or past[b] >= backend.max_seq:

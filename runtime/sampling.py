@@ -36,23 +36,34 @@ class SamplingParams:
             raise ValueError("repetition_penalty must be > 0")
 
 
+def seen_mask(histories: list[list[int]], vocab_size: int) -> np.ndarray:
+    """(B, V) bool: the tokens each row has seen, for the repetition penalty.
+
+    Built once from the prompts; the generation loop then sets one entry per new token, so the penalty costs O(V)
+    per step however long the history grows.
+    """
+    mask = np.zeros((len(histories), vocab_size), dtype=bool)
+    for row, history in enumerate(histories):
+        mask[row, np.asarray(history, dtype=np.int64)] = True
+    return mask
+
+
 class Sampler:
     def __init__(self, params: SamplingParams):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+    def __call__(self, logits: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+        """logits (B, V) -> tokens (B,); `seen` (B, V) bool from `seen_mask`, needed for the repetition penalty."""
         p = self.params
-        if p.temperature == 0 and p.repetition_penalty == 1.0:
+        penalize = p.repetition_penalty != 1.0 and seen is not None
+        if p.temperature == 0 and not penalize:
             return logits.argmax(-1)  # greedy: no copy of the (B, V) logits per step
         logits = logits.astype(np.float32, copy=True)  # (B, V)
-        if p.repetition_penalty != 1.0:
-            for row, history in enumerate(histories):
-                if history:
-                    seen = np.unique(np.asarray(history))
-                    values = logits[row, seen]
-                    # As in transformers: shrink positive logits, grow negative ones.
-                    logits[row, seen] = np.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if penalize:
+            # As in transformers: shrink positive logits, grow negative ones.
+            penalized = np.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+            logits = np.where(seen, penalized, logits)
         if p.temperature == 0:
             return logits.argmax(-1)
         logits /= p.temperature

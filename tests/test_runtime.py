@@ -84,6 +84,19 @@ def test_sampling_is_reproducible_with_a_seed_and_top_k_1_is_greedy(tiny):
     assert top1.token_ids == engine.generate([5, 6], SamplingParams(max_new_tokens=8, ignore_eos=True)).token_ids
 
 
+def test_repetition_penalty_covers_the_prompt_and_every_generated_token(tiny):
+    _, engines = tiny
+    engine = Engine.open(engines["ort"])
+    got = engine.generate([5, 6], SamplingParams(max_new_tokens=8, repetition_penalty=1.5, ignore_eos=True)).token_ids
+    ids = [5, 6]  # the same, step by step: penalize everything seen so far, then take the best
+    for _ in range(8):
+        logits = engine.logits(ids)[-1].astype(np.float64)
+        seen = sorted(set(ids))
+        logits[seen] = np.where(logits[seen] > 0, logits[seen] / 1.5, logits[seen] * 1.5)
+        ids.append(int(logits.argmax()))
+    assert got == ids[2:]
+
+
 def test_logits_match_the_eager_model_per_position(tiny):
     hf, engines = tiny
     ids = [5, 9, 2, 44, 17, 8]
