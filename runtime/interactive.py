@@ -10,13 +10,18 @@ from .engine import Engine
 from .sampling import SamplingParams
 
 
-def fit_conversation(engine: Engine, messages: list[dict], reserve: int) -> list[dict]:
-    """Drop the oldest turns (keeping a system prompt) until the prompt leaves `reserve` tokens of cache."""
+def fit_conversation(engine: Engine, messages: list[dict], reserve: int) -> tuple[list[dict], list[int]]:
+    """Drop the oldest turns (keeping a system prompt) until the prompt leaves `reserve` tokens of cache.
+
+    Returns the kept messages and their prompt ids, so the prompt is not rendered and tokenized again.
+    """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
-    while len(turns) > 1 and len(engine.apply_chat_template(system + turns)) > engine.max_seq - reserve:
+    ids = engine.apply_chat_template(system + turns)
+    while len(turns) > 1 and len(ids) > engine.max_seq - reserve:
         turns = turns[2:] if len(turns) > 2 else turns[-1:]
-    return system + turns
+        ids = engine.apply_chat_template(system + turns)
+    return system + turns, ids
 
 
 def chat_loop(engine: Engine, params: SamplingParams, system: str | None = None) -> None:
@@ -33,10 +38,9 @@ def chat_loop(engine: Engine, params: SamplingParams, system: str | None = None)
             continue
         if not user.strip():
             continue
-        messages = fit_conversation(engine, messages + [{"role": "user", "content": user}], params.max_new_tokens)
+        messages, ids = fit_conversation(engine, messages + [{"role": "user", "content": user}], params.max_new_tokens)
         reply = []
         try:
-            ids = engine.apply_chat_template(messages)
             for piece in engine.stream(ids, params):
                 reply.append(piece)
                 click.echo(piece, nl=False)
