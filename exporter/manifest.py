@@ -12,11 +12,11 @@ from importlib import metadata
 from pathlib import Path
 
 import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
 
 FORMAT = "llamaport-engine"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_ONNX_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
 
 def sha256(path: Path) -> str:
@@ -43,7 +43,7 @@ def io_signature(model_path: Path) -> dict:
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-            out.append({"name": v.name, "shape": dims, "dtype": _ONNX_TYPES.get(t.elem_type, str(t.elem_type))})
+            out.append({"name": v.name, "shape": dims, "dtype": tensor_dtype_to_np_dtype(t.elem_type).name})
         return out
 
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
