@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from llamaport.models import read_checkpoint
-from llamaport.models.atomic import atomic_output_dir
-from llamaport.models.errors import LlamaportError
+from llamaport.atomic import atomic_output_dir
+from llamaport.errors import LlamaportError
 from llamaport.models.llama import LlamaForCausalLM, LlamaForSequenceClassification
 from llamaport.models.loaders.checkpoint import materialize
 from llamaport.plugins.ops import use_plugin_attention

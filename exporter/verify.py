@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from llamaport.models import LlamaConfig
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 # max |logit diff| allowed against fp32 eager, per graph dtype; fp16/bf16 are also held to top-1 agreement.
 TOLERANCE = {"fp32": 1e-4, "fp16": 0.5, "bf16": 1.0}

@@ -14,7 +14,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from llamaport.models.errors import LlamaportError
+        from llamaport.errors import LlamaportError
 
         try:
             return fn(*args, **kwargs)
@@ -211,7 +211,7 @@ def check(engine_dir, reference, prompts_file, text_file, greedy_tokens, as_json
     """Compare ENGINE_DIR with the eager PyTorch model; exit 1 when any threshold fails."""
     from pathlib import Path
 
-    from llamaport.models.errors import LlamaportError
+    from llamaport.errors import LlamaportError
     from llamaport.runtime import Engine
     from llamaport.runtime.check import run_check
 

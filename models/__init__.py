@@ -1,6 +1,6 @@
 """The eager PyTorch Llama and its checkpoint loaders (Hugging Face, Meta, GGUF).
 
-Attributes load lazily, so `llamaport.models.errors` (used by the torch-free runtime) never imports torch.
+Attributes load lazily, so importing this package never imports torch until a model is used.
 """
 
 from importlib import import_module
@@ -13,9 +13,9 @@ _EXPORTS = {
     "load_model": ".loaders",
     "read_checkpoint": ".loaders",
     "Checkpoint": ".loaders",
-    "LlamaportError": ".errors",
-    "ConfigError": ".errors",
-    "CheckpointError": ".errors",
+    "LlamaportError": "llamaport.errors",
+    "ConfigError": "llamaport.errors",
+    "CheckpointError": "llamaport.errors",
 }
 __all__ = list(_EXPORTS)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_output_dir
-from .errors import LlamaportError
+from llamaport.atomic import atomic_output_dir
+from llamaport.errors import LlamaportError
 from .loaders.checkpoint import Checkpoint, materialize
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

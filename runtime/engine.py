@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 from .chat import LLAMA2_CHAT_TEMPLATE, load_template, render
 from .generate import Generation

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 from .sampling import Sampler, SamplingParams, seen_mask
 

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 
 class Tokenizer:

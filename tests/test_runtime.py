@@ -15,7 +15,7 @@ from tiny import save_hf_model
 
 from llamaport.cli import main
 from llamaport.exporter import ExportOptions, export_engine
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 from llamaport.runtime import Engine, SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12, ignore_eos=True)

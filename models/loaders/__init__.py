@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, LlamaportError
+from llamaport.errors import CheckpointError, LlamaportError
 from ..llama import LlamaForCausalLM, LlamaForSequenceClassification
 from .checkpoint import Checkpoint, materialize
 from .gguf_file import read_gguf

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import LlamaConfig
-from ..errors import CheckpointError
+from llamaport.errors import CheckpointError
 from ..llama import LlamaForCausalLM
 from ..rope import inverse_frequencies
 

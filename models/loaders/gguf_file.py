@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import LlamaConfig, RopeScaling
-from ..errors import CheckpointError
+from llamaport.errors import CheckpointError
 from .checkpoint import Checkpoint
 from .gguf_tokenizer import tokenizer_files_from_gguf
 from .permute import interleaved_to_half

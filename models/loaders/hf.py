@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 
 from ..config import LlamaConfig
-from ..errors import CheckpointError
+from llamaport.errors import CheckpointError
 from .checkpoint import Checkpoint
 
 TOKENIZER_FILES = (

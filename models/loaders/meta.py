@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from ..config import LlamaConfig, RopeScaling
-from ..errors import CheckpointError
+from llamaport.errors import CheckpointError
 from .checkpoint import Checkpoint
 from .permute import interleaved_to_half
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 
 class EagerBackend:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 _NP = {"float32": np.float32, "float16": np.float16}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamaport.models.errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 
 class TensorRTBackend:

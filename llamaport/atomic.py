@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LlamaportError
+from llamaport.errors import LlamaportError
 
 
 @contextlib.contextmanager
