@@ -25,6 +25,7 @@ RUNTIME = [
     "jinja2>=3.1",
     "click>=8.1",
     "tqdm>=4.66",
+    "tomli>=2; python_version < '3.11'",  # engines.toml on 3.10 (3.11 has it as tomllib)
 ]
 EXPORT = [
     "torch==2.13.0",  # the CPU build lies on disk on our machines; pinned so pip never pulls a CUDA build
@@ -33,8 +34,15 @@ EXPORT = [
     "onnxscript>=0.5",
     "polygraphy>=0.49",  # `llamaport check` compares logits with its comparator (pure Python, 0.5 MB)
 ]
-TENSORRT = ["tensorrt>=10.15", "polygraphy>=0.49"]
-DEV = EXPORT + ["pytest>=8", "transformers>=5.0,<6", "accelerate>=1.0"]
+# Building `--plugins llamaport` engines compiles the plugin kernels with triton (plugins/triton_trt_kernels.py);
+# running a built engine needs tensorrt, polygraphy and numpy only.
+TENSORRT = ["tensorrt>=10.15", "polygraphy>=0.49", "triton>=3.2"]
+# `pipeline run`'s chart (decode tokens/s against perplexity delta); without matplotlib it is skipped with a note.
+PLOT = ["matplotlib>=3.8"]
+# Triton kernels (plugins/triton_*.py): the wheel needs no torch, so it never moves the torch pin; CI runs them on
+# the CPU through its interpreter (TRITON_INTERPRET=1).
+CUDA = EXPORT + ["triton>=3.2"]
+DEV = EXPORT + ["pytest>=8", "transformers>=5.0,<6", "accelerate>=1.0", "triton>=3.2"]
 
 setup(
     name="llamaport",
@@ -46,7 +54,7 @@ setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
     install_requires=RUNTIME,
-    extras_require={"export": EXPORT, "tensorrt": TENSORRT, "dev": DEV},
+    extras_require={"export": EXPORT, "tensorrt": TENSORRT, "cuda": CUDA, "plot": PLOT, "dev": DEV},
     entry_points={"console_scripts": ["llamaport=llamaport.cli:main"]},
     license="Apache-2.0",
 )

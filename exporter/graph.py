@@ -15,14 +15,20 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx_ir as ir
+import onnx_ir.passes.common
+import onnxscript.optimizer
+import onnxscript.rewriter.onnx_fusions
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from llamaport.models import LlamaConfig
-from llamaport.models.rope import rotary_cos_sin
+from llamaport.models.rope import inverse_frequencies, rotary_cos_sin
 from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
 
 from .fusions import postprocess
+from .weights import WeightSource, fold_weight_nodes, lazy_tensor
 
 CLASSIFIER_INPUTS = ["input_ids"]
 
@@ -96,24 +102,45 @@ def example_inputs(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
     return args, ({0: batch_dim, 1: seq_dim}, {0: batch_dim}, rest)
 
 
-def rotary_table(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
+def rotary_table(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
     """(cos, sin) numpy (S_max, D/2) of every cache position, for a lowering that applies RoPE by table lookup.
 
-    Computed by the model's own rotary code, so the table holds exactly the values eager uses. None where no
-    table fits: dynamic NTK (frequencies change with length) and bf16 (no NumPy dtype; ONNX Runtime's CPU
-    GroupQueryAttention has no bf16 kernel either).
+    Computed from the config by the model's own rotary code (never from the traced model, whose tensors are
+    fake), so the table holds exactly the values eager uses. None where no table fits: dynamic NTK (frequencies
+    change with length) and bf16 (no NumPy dtype; ONNX Runtime's CPU GroupQueryAttention has no bf16 kernel either).
     """
     if config.rope_type == "dynamic" or dtype == torch.bfloat16:
         return None
+    inv_freq, scaling = inverse_frequencies(config)
     positions = torch.arange(spec.max_seq)[None]  # (1, S_max)
-    cos, sin = rotary_cos_sin(model.model.inv_freq, positions, model.model.attention_scaling, dtype)
+    cos, sin = rotary_cos_sin(inv_freq, positions, scaling, dtype)
     return cos[0].numpy(), sin[0].numpy()
+
+
+def fake_model(config: LlamaConfig, dtype: torch.dtype, model_class: type[nn.Module]) -> nn.Module:
+    """`model_class(config)` with fake parameters in `dtype`: shapes and dtypes only, no memory, at any size.
+
+    The rotary frequencies stay a real (tiny) buffer, computed from the config, so the optimizer folds what it
+    folds from them exactly as with a real model. Tied parameters stay tied.
+    """
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model_class(config)
+        converted: dict[int, nn.Parameter] = {}
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None:
+                    if id(param) not in converted:
+                        converted[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=dtype), requires_grad=False)
+                    module._parameters[name] = converted[id(param)]
+    model.model.inv_freq = inverse_frequencies(config)[0]  # (D/2,) float32, real
+    return model.eval()
 
 
 @contextlib.contextmanager
 def _quiet_torch_onnx():
     """torch.onnx prints its own progress and registry warnings; our progress bar says what stage we are in."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    names = ("torch.onnx", "torch.export", "torch._export", "onnx_ir", "onnxscript")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -125,14 +152,29 @@ def _quiet_torch_onnx():
                 logger.setLevel(level)
 
 
-def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype, path: Path) -> None:
-    """Export `model` (already in `dtype`, attention routed through the plugin op) to `path` (+ external data)."""
+def graph_module(model: nn.Module, spec: GraphSpec) -> nn.Module:
     if spec.task == "sequence-classification":
-        wrapper: nn.Module = ClassifierGraph(model)
-    else:
-        wrapper = DecoderGraph(model, last_only=spec.logits == "last")
+        return ClassifierGraph(model)
+    return DecoderGraph(model, last_only=spec.logits == "last")
+
+
+def target_table(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype) -> dict:
+    """The plugin op's lowering for the target (with the rotary table where the `ort` lowering takes one)."""
     heads = Heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-    table = translation_table(spec.target, heads, rotary_table(model, config, spec, dtype) if spec.target == "ort" else None)
+    return translation_table(spec.target, heads, rotary_table(config, spec, dtype) if spec.target == "ort" else None)
+
+
+@dataclass
+class TracedGraph:
+    """The ONNX graph (weight initializers without values) and a source for each of its weights."""
+
+    model: ir.Model
+    sources: dict[str, WeightSource]
+
+
+def _export(wrapper: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype, table: dict,
+            optimize: bool = False) -> ir.Model:
+    """torch.onnx.export; optimize=True only for a model with real weights (tests compare against that)."""
     args, dims = example_inputs(config, spec, dtype)
     with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_onnx():
         warnings.simplefilter("ignore")
@@ -145,8 +187,60 @@ def trace_to_onnx(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype:
             dynamic_shapes=dims,
             input_names=input_names(config, spec),
             output_names=output_names(config, spec),
-            optimize=True,
+            optimize=optimize,  # False: optimized by _optimize, which knows the weights are absent
             verbose=False,
         )
-    program.save(str(path), external_data=True)
-    postprocess(path, spec.target)
+    return program.model
+
+
+def _optimize(model: ir.Model, sources: dict[str, WeightSource]) -> None:
+    """torch.onnx's own optimization (onnxscript's optimizer, then its ONNX fusions), with the weights absent.
+
+    The weights are fake, so their initializers get no value; the nodes the constant folder would fold onto them
+    (Transposes of MatMul weights, Casts of fp16 norm weights) fold into their sources first, with its rules.
+    """
+    for name in sources:
+        if name in model.graph.initializers:
+            model.graph.initializers[name].const_value = None
+    with _quiet_torch_onnx():
+        ir.passes.common.InlinePass()(model)
+        fold_weight_nodes(model.graph, sources)
+        onnxscript.optimizer.optimize_ir(model)
+        onnxscript.rewriter.onnx_fusions.fuse(model)
+    for name in list(sources):
+        if name not in model.graph.initializers:
+            del sources[name]
+
+
+def trace_graph(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype,
+                sources: dict[str, WeightSource]) -> TracedGraph:
+    """Trace `model` (fake weights in `dtype`, attention routed through the plugin op) into an ONNX graph.
+
+    `sources` (initializer name -> source) covers the model's parameters; the result's covers the graph's
+    initializers that need one (folded ones included; unused ones dropped).
+    """
+    onnx_model = _export(graph_module(model, spec), config, spec, dtype, target_table(config, spec, dtype))
+    sources = dict(sources)
+    _optimize(onnx_model, sources)
+    return TracedGraph(onnx_model, sources)
+
+
+def write_graph(graph: TracedGraph, path: Path, target: str, progress=None) -> None:
+    """Write `path` and its external data, reading each weight from its source when it is written.
+
+    `progress(source)` is called before each weight is written (for a progress bar).
+    """
+    initializers = graph.model.graph.initializers
+    for name, source in graph.sources.items():
+        initializers[name].const_value = lazy_tensor(name, source)
+
+    def callback(tensor, info) -> None:
+        if progress is not None and tensor.name in graph.sources:
+            progress(graph.sources[tensor.name])
+
+    try:
+        ir.save(graph.model, str(path), external_data=f"{path.name}.data", callback=callback)
+    finally:
+        for name in graph.sources:  # nothing keeps a reference to a lazy tensor's reader after writing
+            initializers[name].const_value = None
+    postprocess(path, target)

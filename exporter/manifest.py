@@ -1,30 +1,21 @@
-"""The engine directory's `manifest.json`: what the graph is, how to feed it, and what its export verified.
+"""The exporter's side of `manifest.json`: the graph's I/O signature (needs onnx) and producer versions.
 
-Versioned (`format_version`); the runtime refuses engine directories written with a newer major version.
-No timestamps, so exporting the same checkpoint twice writes identical bytes.
+The format itself (schema, version, validation, writing) belongs to `llamaport.enginedir`; this module adds only
+what needs onnx or the export environment, and keeps the `write_manifest` signature the exporter calls.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from importlib import metadata
 from pathlib import Path
 
 import onnx
 from onnx.helper import tensor_dtype_to_np_dtype
 
-FORMAT = "llamaport-engine"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from llamaport import enginedir
+from llamaport.enginedir import FORMAT, FORMAT_VERSION, GRAPH, MANIFEST, sha256  # noqa: F401  (re-exported)
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+PRODUCERS = ("llamaport", "torch", "onnx", "onnxscript", "onnxruntime")
 
 
 def _version(package: str) -> str | None:
@@ -49,25 +40,11 @@ def io_signature(model_path: Path) -> dict:
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def write_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int, max_batch: int,
-                   logits: str, tokenizer: str | None, accuracy: dict | None) -> dict:
-    files = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "source": source,  # the checkpoint, for `llamaport check`'s default reference
-        "task": task,
-        "target": target,
-        "dtype": dtype,
-        "max_seq": max_seq,
-        "max_batch": max_batch,
-        "logits": logits,
-        "tokenizer": tokenizer,
-        "config": config,
-        **io_signature(folder / "model.onnx"),
-        "producer": {name: _version(name) for name in ("llamaport", "torch", "onnx", "onnxscript", "onnxruntime")},
-        "files": files,
-        "verification": accuracy,
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+def write_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int,
+                   max_batch: int, logits: str, tokenizer: str | None, accuracy: dict | None) -> dict:
+    """Write `folder`/manifest.json through `enginedir.write_manifest`, with the signature of `folder`/model.onnx."""
+    return enginedir.write_manifest(
+        folder, source=source, config=config, target=target, task=task, dtype=dtype, max_seq=max_seq,
+        max_batch=max_batch, logits=logits, tokenizer=tokenizer, **io_signature(Path(folder) / GRAPH),
+        producer={name: _version(name) for name in PRODUCERS}, verification=accuracy,
+    )

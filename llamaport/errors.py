@@ -19,3 +19,12 @@ class ConfigError(LlamaportError, ValueError):
 
 class CheckpointError(LlamaportError):
     """A checkpoint file is missing, unreadable, or holds tensors that do not fit the config."""
+
+
+class MissingDependency(LlamaportError):
+    """An optional package this command needs is not installed (TensorRT, a GPU build of a library).
+
+    The message names what to install. The CLI exits 2 for it, not 1: the input was fine, the machine is not.
+    """
+
+    exit_code = 2

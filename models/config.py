@@ -35,6 +35,11 @@ _ROPE_KEYS = {
     },
 }
 _SUPPORTED_ACTS = ("silu", "swish")
+# Fields that fix tensor shapes (or which tensors exist) and have a transformers default. A config.json without
+# one of them loads with that default, as in transformers; `check_against_shapes` then names the missing field
+# when the weights disagree, instead of blaming the weights or another field.
+_DEFAULTED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "tie_word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class LlamaConfig:
     mlp_bias: bool = False
     num_labels: int = 2  # only used by LlamaForSequenceClassification
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # passed through to config.json
+    defaulted: tuple[str, ...] = field(default=(), compare=False, repr=False)  # absent from config.json
 
     def __post_init__(self):
         # Frozen dataclass: fill derived defaults through object.__setattr__.
@@ -165,6 +171,55 @@ class LlamaConfig:
             return max(self.max_position_embeddings, int(rs.original_max_position_embeddings * rs.factor))
         return int(math.floor(self.max_position_embeddings * rs.factor))
 
+    def defaulted_note(self) -> str | None:
+        """One line naming the fields config.json left out and the transformers defaults used for them."""
+        if not self.defaulted:
+            return None
+        used = ", ".join(f"{name} = {getattr(self, name)}" for name in self.defaulted)
+        return f"config.json does not set {', '.join(self.defaulted)}; transformers' defaults are used ({used})"
+
+    def check_against_shapes(self, shapes: dict[str, tuple[int, ...]], source: str = "config.json") -> None:
+        """Raise ConfigError naming the field when the weights' shapes (HF name -> shape) contradict the config.
+
+        A field config.json left out is blamed first: its transformers default is the likelier culprit than the
+        field whose arithmetic happens to expose it (a missing num_attention_heads shows up in k_proj's rows).
+        """
+        for fields, mismatch, got, want in self._shape_facts(shapes):
+            if got == want:
+                continue
+            culprit = next((f for f in fields if f in self.defaulted), fields[0])
+            default = getattr(self, culprit)
+            fix = (f"config.json does not set '{culprit}', so transformers' default {default} was used; add the "
+                   "model's real value" if culprit in self.defaulted else f"fix '{culprit}' in config.json")
+            raise ConfigError(culprit, f"{source}: {mismatch}; {fix}")
+
+    def _shape_facts(self, shapes: dict) -> list[tuple[tuple[str, ...], str, Any, Any]]:
+        """(fields it depends on, most specific first; what; found; expected) for the tensors that pin each size
+        field. Tensors the checkpoint lacks are skipped: the loaders report missing tensors themselves."""
+        h, hd = self.hidden_size, self.head_dim
+        pinned = [
+            (("vocab_size", "hidden_size"), "model.embed_tokens.weight", (self.vocab_size, h)),
+            (("num_attention_heads", "hidden_size"), "model.layers.0.self_attn.q_proj.weight",
+             (self.num_attention_heads * hd, h)),
+            (("num_key_value_heads", "num_attention_heads", "hidden_size"), "model.layers.0.self_attn.k_proj.weight",
+             (self.num_key_value_heads * hd, h)),
+            (("intermediate_size", "hidden_size"), "model.layers.0.mlp.gate_proj.weight", (self.intermediate_size, h)),
+        ]
+        facts = [(fields, f"tensor '{name}' has shape {tuple(shapes[name])}, but the config implies {want}",
+                  tuple(shapes[name]), want) for fields, name, want in pinned if name in shapes]
+        layers = {int(n.split(".")[2]) for n in shapes if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+        if layers:
+            count = max(layers) + 1
+            facts.append((("num_hidden_layers",), f"the weights hold {count} layers, but the config says "
+                          f"{self.num_hidden_layers}", count, self.num_hidden_layers))
+        if "tie_word_embeddings" in self.defaulted and "model.embed_tokens.weight" in shapes:
+            # transformers' default is an untied head: weights without lm_head.weight (or a classifier's score)
+            # mean config.json left out "tie_word_embeddings": true
+            has_head = "lm_head.weight" in shapes or "score.weight" in shapes
+            facts.append((("tie_word_embeddings",), "the weights have no lm_head.weight (a tied output layer), but "
+                          "the config expects one", has_head, not self.tie_word_embeddings))
+        return facts
+
     def replace(self, **changes) -> "LlamaConfig":
         return dataclasses.replace(self, **changes)
 
@@ -177,7 +232,8 @@ class LlamaConfig:
             raise ConfigError("model_type", f"expected 'llama', got {model_type!r}; only Llama-family models are supported")
         rope_theta, rope_scaling = _read_rope(d)
         kwargs: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "rope_scaling", "extra", "num_labels"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "rope_scaling", "extra", "num_labels",
+                                                              "defaulted"}
         for name in names:
             if name in d and d[name] is not None:
                 kwargs[name] = d[name]
@@ -191,7 +247,9 @@ class LlamaConfig:
         elif "num_labels" in d:
             kwargs["num_labels"] = int(d["num_labels"])
         passthrough = {k: d[k] for k in ("chat_template", "torch_dtype", "dtype", "id2label", "label2id") if k in d}
-        return cls(rope_theta=float(rope_theta), rope_scaling=rope_scaling, extra=passthrough, **kwargs)
+        defaulted = tuple(name for name in _DEFAULTED_FIELDS if d.get(name) is None)
+        return cls(rope_theta=float(rope_theta), rope_scaling=rope_scaling, extra=passthrough, defaulted=defaulted,
+                   **kwargs)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LlamaConfig":
@@ -210,7 +268,7 @@ class LlamaConfig:
         """A `config.json` that transformers 4.x and 5.x both read (5.x from `rope_parameters`)."""
         d: dict[str, Any] = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
         for f in dataclasses.fields(self):
-            if f.name in ("rope_scaling", "extra", "num_labels"):
+            if f.name in ("rope_scaling", "extra", "num_labels", "defaulted"):
                 continue
             d[f.name] = getattr(self, f.name)
         rope_parameters = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from llamaport.atomic import atomic_output_dir
+from llamaport.atomic import atomic_output_dir, write_marker
 from llamaport.errors import LlamaportError
 from .loaders.checkpoint import Checkpoint, materialize
 
@@ -54,8 +54,12 @@ def _save_shards(model: torch.nn.Module, folder: Path) -> None:
 
 def write_hf_folder(checkpoint: Checkpoint, out: str | Path, dtype: torch.dtype | None = None,
                     overwrite: bool = False) -> Path:
-    """Write `checkpoint` to `out` atomically. A vocabulary-only GGUF writes just its tokenizer files."""
-    with atomic_output_dir(out, overwrite) as tmp:
+    """Write `checkpoint` to `out` atomically. A vocabulary-only GGUF writes just its tokenizer files.
+
+    A folder with weights also gets llamaport.json, the list of files written, so a later `--overwrite` knows it
+    may replace them (a vocabulary-only folder stays exactly the tokenizer files, so it is not replaceable).
+    """
+    with atomic_output_dir(out, overwrite, sources=[checkpoint.source]) as tmp:
         for name, content in checkpoint.tokenizer_files.items():
             (tmp / name).write_bytes(content)
         if checkpoint.config is not None and checkpoint.tensors is not None:
@@ -68,4 +72,5 @@ def write_hf_folder(checkpoint: Checkpoint, out: str | Path, dtype: torch.dtype 
             generation = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}
             if "generation_config.json" not in checkpoint.tokenizer_files:
                 (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            write_marker(tmp)
     return Path(out)

@@ -50,6 +50,14 @@ def _fused_linear(*layers: nn.Linear) -> nn.Linear:
     return fused
 
 
+def rope_cos_sin(config: LlamaConfig, inv_freq: torch.Tensor, attention_scaling: float, positions: torch.Tensor,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, S, D/2) for absolute positions (B, S); dynamic NTK derives its frequencies from the positions."""
+    if config.rope_type == "dynamic":
+        inv_freq = dynamic_inv_freq(config, positions)
+    return rotary_cos_sin(inv_freq, positions, attention_scaling, dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -163,10 +171,7 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids, past_lengths, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         x = self.embed_tokens(input_ids)  # (B, S, hidden)
         positions = past_lengths.to(torch.int64)[:, None] + torch.arange(input_ids.shape[1], device=x.device)
-        inv_freq = self.inv_freq
-        if self.config.rope_type == "dynamic":
-            inv_freq = dynamic_inv_freq(self.config, positions)
-        cos, sin = rotary_cos_sin(inv_freq, positions, self.attention_scaling, x.dtype)  # (B, S, D/2)
+        cos, sin = rope_cos_sin(self.config, self.inv_freq, self.attention_scaling, positions, x.dtype)  # (B, S, D/2)
         # Eager reads only the filled part of the cache; one device sync per forward to learn how much that is.
         # Traced graphs (export, or attention routed through the plugin op) keep S_max and mask instead.
         traced = torch.compiler.is_exporting() or self.layers[0].self_attn.attention_fn is not gqa_attention

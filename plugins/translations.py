@@ -12,6 +12,8 @@ past_lengths (B,)) and return (out (B, S, H_q*D), k_cache, v_cache):
   (dynamic NTK, whose frequencies change with length, or head_dim not a multiple of 16) RotaryEmbedding-23 runs
   first. exporter/fusions.pack_qkv then hands it the fused qkv projection unsplit.
 - `trt`: one `llamaport.GQAAttention` node for our TensorRT plugin.
+- `trt-native`: TensorRT 11's own ops (plugins/translations_trt_native.py): RotaryEmbedding-23,
+  `trt.TRT_KVCacheUpdate` and `trt.TRT_Attention` (lower-right causal, per-row key lengths).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from dataclasses import dataclass
 from onnx.numpy_helper import from_array
 from onnxscript import values
 
-from .schemas import ORT_DOMAIN, PLUGIN_DOMAIN, PLUGIN_VERSION, register
+from .schemas import GQA_PLUGIN, ORT_DOMAIN, PLUGIN_DOMAIN, ROPE_PLUGIN, PluginSpec, register
 
 register()
-TARGETS = ("onnx", "ort", "trt")
+TARGETS = ("onnx", "ort", "trt", "trt-native")
+# Targets whose graphs verify in onnx.reference (their custom ops have NumPy kernels) instead of ONNX Runtime.
+REFERENCE_TARGETS = ("trt", "trt-native")
 ONNX_OPSET = 24
 op = values.Opset("", ONNX_OPSET)
 ms = values.Opset(ORT_DOMAIN, 1)
@@ -112,13 +116,20 @@ def onnxruntime_contrib(heads: Heads, rotary_table=None):
     return gqa_attention
 
 
+def plugin_attributes(spec: PluginSpec, **fields: int) -> dict:
+    """The node attributes of a `spec` plugin: exactly its fields, plus what TensorRT's parser reads."""
+    if set(fields) != set(spec.fields):
+        raise ValueError(f"{spec.plugin_id} takes fields {spec.fields}, got {tuple(fields)}")
+    return {**{name: fields[name] for name in spec.fields}, "plugin_version": spec.version,
+            "plugin_namespace": spec.namespace}
+
+
 def tensorrt_plugin(heads: Heads):
+    attributes = plugin_attributes(GQA_PLUGIN, num_heads=heads.num_heads, num_kv_heads=heads.num_kv_heads,
+                                   head_dim=heads.head_dim)
+
     def gqa_attention(q, k, v, cos, sin, k_cache, v_cache, past_lengths):
-        return lp.GQAAttention(
-            q, k, v, cos, sin, k_cache, v_cache, past_lengths,
-            num_heads=heads.num_heads, num_kv_heads=heads.num_kv_heads, head_dim=heads.head_dim,
-            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_DOMAIN,
-        )
+        return lp.GQAAttention(q, k, v, cos, sin, k_cache, v_cache, past_lengths, **attributes)
 
     return gqa_attention
 
@@ -129,8 +140,7 @@ def rotary_standard(x, cos, sin, num_heads: int):
 
 
 def rotary_plugin(x, cos, sin, num_heads: int):
-    return lp.RoPE(x, cos, sin, num_heads=num_heads, plugin_version=PLUGIN_VERSION,
-                              plugin_namespace=PLUGIN_DOMAIN)
+    return lp.RoPE(x, cos, sin, **plugin_attributes(ROPE_PLUGIN, num_heads=num_heads))
 
 
 def translation_table(target: str, heads: Heads, rotary_table=None) -> dict:
@@ -145,6 +155,10 @@ def translation_table(target: str, heads: Heads, rotary_table=None) -> dict:
 
     if target == "ort":
         gqa = onnxruntime_contrib(heads, rotary_table)
+    elif target == "trt-native":
+        from .translations_trt_native import tensorrt_native
+
+        gqa = tensorrt_native(heads)
     else:
         gqa = {"onnx": onnx_standard, "trt": tensorrt_plugin}[target](heads)
     rotary = rotary_plugin if target == "trt" else rotary_standard

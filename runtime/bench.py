@@ -3,6 +3,7 @@ machine's measured read bandwidth (the roofline for memory-bound decoding)."""
 
 from __future__ import annotations
 
+import functools
 import resource
 import statistics
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from llamaport.errors import LlamaportError
+
+from . import validate
 from .engine import Engine
 from .sampling import SamplingParams
 
@@ -38,6 +42,12 @@ def measure_read_bandwidth(threads: int, megabytes: int = 1024, repeats: int = 1
     return n * 4 / min(times)
 
 
+@functools.lru_cache(maxsize=None)
+def _bandwidth(threads: int) -> float:
+    """A property of the machine: measured once per process, not again for each engine a pipeline benches."""
+    return measure_read_bandwidth(threads)
+
+
 def _reduce_sum_model() -> bytes:
     from onnx import TensorProto, helper
 
@@ -61,11 +71,38 @@ def kv_bytes_per_token(config: dict, context: float, dtype_size: int) -> float:
     return 2 * config["num_hidden_layers"] * heads * head_dim * context * dtype_size
 
 
+def check_bench_values(prompt_len, new_tokens, batch, repeats) -> None:
+    """The settings on their own (no engine needed, so the CLI checks them before opening one)."""
+    validate.integer("prompt_len", prompt_len, 1)
+    validate.integer("new_tokens", new_tokens, 2)  # decode speed needs at least one step after the first token
+    validate.integer("batch", batch, 1)
+    validate.integer("repeats", repeats, 1)
+
+
+def check_bench_request(engine: Engine, prompt_len, new_tokens, batch, repeats) -> None:
+    """Refuse a measurement that would not measure what it reports, before any work."""
+    check_bench_values(prompt_len, new_tokens, batch, repeats)
+    if batch > engine.backend.max_batch:
+        # Engine.generate would run the rows in groups one after another: reporting that as one batch would
+        # multiply the measured speed by the batch size.
+        raise LlamaportError(
+            f"batch {batch} exceeds this engine's max_batch {engine.backend.max_batch}, so its rows cannot run as "
+            f"one batch; bench with --batch {engine.backend.max_batch} or less, or re-export with --max-batch {batch}"
+        )
+    if prompt_len + new_tokens > engine.max_seq:
+        raise LlamaportError(
+            f"prompt length {prompt_len} + {new_tokens} new tokens exceed the engine's max_seq {engine.max_seq}; "
+            "lower --prompt-len or --new-tokens"
+        )
+
+
 def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: int = 128, batch: int = 1,
               repeats: int = 3, threads: int | None = None) -> dict:
+    check_bench_request(engine, prompt_len, new_tokens, batch, repeats)
     rng = np.random.default_rng(0)
     vocab = engine.config["vocab_size"]
-    prompts = [rng.integers(100, vocab - 1, prompt_len).tolist() for _ in range(batch)]
+    low = min(100, vocab // 2)  # skip the first ids, where special tokens usually sit (tiny test vocabularies too)
+    prompts = [rng.integers(low, vocab - 1, prompt_len).tolist() for _ in range(batch)]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:1] if batch == 1 else prompts, SamplingParams(max_new_tokens=4, ignore_eos=True))  # warm
     runs = []
@@ -78,9 +115,14 @@ def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: i
     from .backends.onnxruntime_backend import physical_cores
 
     threads = threads or physical_cores()
-    bandwidth = measure_read_bandwidth(threads)
-    dtype_size = 2 if (engine.manifest or {}).get("dtype") in ("fp16", "bf16") else 4
-    per_step = weight_bytes(folder) + kv_bytes_per_token(engine.config, prompt_len + new_tokens / 2, dtype_size) * batch
+    on_cuda = getattr(getattr(engine.backend, "device", None), "type", None) == "cuda"
+    if on_cuda:  # the eager backend on a GPU: its own weights against the GPU's measured copy bandwidth
+        bandwidth, weights, dtype_size = cuda_copy_bandwidth(), engine.backend.weight_bytes(), engine.backend.dtype_size
+    else:
+        bandwidth = _bandwidth(threads)
+        dtype_size = 2 if (engine.manifest or {}).get("dtype") in ("fp16", "bf16") else 4
+        weights = weight_bytes(folder)
+    per_step = weights + kv_bytes_per_token(engine.config, prompt_len + new_tokens / 2, dtype_size) * batch
     achieved = per_step * decode_steps_per_s
     return {
         "engine": str(folder),
@@ -99,4 +141,23 @@ def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: i
         "measured_read_bandwidth_gb_s": bandwidth / 1e9,
         "roofline_decode_tokens_per_s": bandwidth / per_step * batch,
         "roofline_percent": 100 * achieved / bandwidth,
-    }
+    } | ({"device": "cuda", "bandwidth_probe": "device-to-device copy, bytes read + written"} if on_cuda else {})
+
+
+def cuda_copy_bandwidth(megabytes: int = 2048, repeats: int = 20) -> float:
+    """Bytes/s read + written by a device-to-device copy on the current GPU (median of `repeats`, timed with
+    CUDA events after a warm-up): the attainable HBM bandwidth a memory-bound decode step is measured against."""
+    import torch
+
+    src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() / statistics.median(times)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from llamaport.errors import LlamaportError
 
+from . import validate
+
 LLAMA2_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
     "{% set system = '<<SYS>>\\n' + messages[0]['content'] | trim + '\\n<</SYS>>\\n\\n' %}"
@@ -27,6 +29,10 @@ LLAMA2_CHAT_TEMPLATE = (
     "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}"
     "{% endfor %}"
 )
+
+
+# Roles Llama-family chat templates know; anything else ("wizard") would be rendered as nonsense or dropped.
+CHAT_ROLES = ("system", "user", "assistant", "tool", "ipython")
 
 
 def load_template(folder: Path) -> str | None:
@@ -61,10 +67,23 @@ def _compile(template: str):
 
 def render(template: str, messages: list[dict], *, bos_token: str | None, eos_token: str | None,
            add_generation_prompt: bool = True) -> str:
-    for m in messages:
+    if isinstance(messages, (str, dict)) or not messages:
+        raise LlamaportError("chat messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise LlamaportError(f"chat messages must be {{'role': ..., 'content': ...}} dicts, got {m!r}")
-    return _compile(template).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token or "",
-        eos_token=eos_token or "",
-    )
+        if m["role"] not in CHAT_ROLES:
+            raise LlamaportError(f"chat message {i} has role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(m["content"], str):
+            raise LlamaportError(f"chat message {i}: content must be text, got {type(m['content']).__name__}")
+        validate.text(f"chat message {i}", m["content"])
+    from jinja2 import TemplateError
+
+    try:
+        return _compile(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token or "",
+            eos_token=eos_token or "",
+        )
+    except TemplateError as e:  # a broken template file, or one that needs variables we do not pass
+        raise LlamaportError(f"chat template failed ({type(e).__name__}: {e}); check chat_template.jinja or "
+                             "tokenizer_config.json's chat_template") from None

@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from llamaport.enginedir import thresholds as thresholds_for
+from llamaport.errors import LlamaportError
+
+from . import validate
 from .engine import Engine
 from .sampling import SamplingParams
 
@@ -31,16 +35,7 @@ TEXT = (
     "as visible light and infrared radiation with ten percent at ultraviolet energies. It is by far the most "
     "important source of energy for life on Earth."
 )
-# Each metric's bound per engine dtype: (name, comparison, value).
-THRESHOLDS = {
-    "fp32": {"max_abs_diff": 1e-3, "cosine": 0.99999, "kl": 1e-5, "top1": 1.0, "top5": 1.0, "greedy_match": 1.0,
-             "ppl_rel_delta": 1e-3},
-    "fp16": {"max_abs_diff": 1.0, "cosine": 0.999, "kl": 5e-3, "top1": 0.95, "top5": 0.98, "greedy_match": 0.75,
-             "ppl_rel_delta": 0.02},
-    "bf16": {"max_abs_diff": 2.0, "cosine": 0.995, "kl": 2e-2, "top1": 0.9, "top5": 0.95, "greedy_match": 0.5,
-             "ppl_rel_delta": 0.05},
-}
-_LOWER_IS_BETTER = {"max_abs_diff", "kl", "ppl_rel_delta"}
+# Each metric's bound per engine dtype comes from the one threshold table, llamaport.enginedir.THRESHOLDS.
 
 
 @dataclass
@@ -117,18 +112,42 @@ def greedy_match(engine: Engine, reference: Engine, ids: list[int], n: int) -> f
     return same / max(1, len(b))
 
 
+def _check_inputs(engine: Engine, prompts, text, greedy_tokens):
+    """The engine's own tokenizer (what generate and chat will use), after checking the inputs are usable."""
+    if engine.tokenizer is None:
+        raise LlamaportError(
+            "the engine has no tokenizer files (tokenizer.json or tokenizer.model), so check cannot encode its text "
+            "prompts and generate/chat cannot take text; re-export from a checkpoint with tokenizer files, or copy "
+            "them into the engine directory"
+        )
+    if prompts is not None and not [p for p in prompts if isinstance(p, str) and p.strip()]:
+        raise LlamaportError("no check prompts given (an empty list or only blank lines); give at least one prompt")
+    if text is not None and not text.strip():
+        raise LlamaportError("the perplexity text is empty; give some text")
+    validate.integer("greedy_tokens", greedy_tokens, 1)
+    return engine.tokenizer
+
+
 def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = None, text: str | None = None,
               greedy_tokens: int = 16, dtype: str = "fp32") -> dict:
-    tokenizer = engine.tokenizer or reference.tokenizer
+    tokenizer = _check_inputs(engine, prompts, text, greedy_tokens)
     rows = []
-    for prompt in prompts or PROMPTS:
+    for prompt in PROMPTS if prompts is None else prompts:
         ids = tokenizer.encode(prompt)
+        if len(ids) + greedy_tokens > engine.max_seq:
+            raise LlamaportError(
+                f"check prompt {prompt[:40]!r} is {len(ids)} tokens; with {greedy_tokens} greedy tokens it exceeds "
+                f"the engine's max_seq {engine.max_seq}; shorten it or lower --greedy-tokens"
+            )
         metrics = compare_logits(reference.logits(ids), engine.logits(ids))
         metrics["greedy_match"] = greedy_match(engine, reference, ids, greedy_tokens)
         rows.append(PromptReport(prompt, **metrics))
     text_ids = tokenizer.encode(text or TEXT)[: engine.max_seq]
+    if len(text_ids) < 2:
+        raise LlamaportError(f"the perplexity text is {len(text_ids)} token(s); perplexity needs at least 2")
     ppl_ref, ppl_engine = perplexity(reference.logits(text_ids), text_ids), perplexity(engine.logits(text_ids), text_ids)
-    thresholds = THRESHOLDS[dtype]
+    bounds = thresholds_for(dtype).check
+    thresholds = asdict(bounds)
     worst = {
         "max_abs_diff": max(r.max_abs_diff for r in rows),
         "cosine": min(r.cosine for r in rows),
@@ -138,11 +157,7 @@ def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = Non
         "greedy_match": min(r.greedy_match for r in rows),
         "ppl_rel_delta": abs(ppl_engine - ppl_ref) / ppl_ref,
     }
-    failures = [
-        f"{name} {value:.4g} {'>' if name in _LOWER_IS_BETTER else '<'} {thresholds[name]:g}"
-        for name, value in worst.items()
-        if (value > thresholds[name] if name in _LOWER_IS_BETTER else value < thresholds[name])
-    ]
+    failures = bounds.failures(worst)
     return {
         "dtype": dtype,
         "prompts": [asdict(r) for r in rows],

@@ -16,6 +16,18 @@ from llamaport.errors import LlamaportError
 from .sampling import Sampler, SamplingParams, seen_mask
 
 
+class PromptTooLong(LlamaportError):
+    """A prompt longer than the engine's cache. Callers with their own options (the CLI's --truncate, chat's
+    "shorten the message") reword the advice from `length` and `max_seq`."""
+
+    def __init__(self, length: int, max_seq: int):
+        self.length, self.max_seq = length, max_seq
+        super().__init__(
+            f"prompt of {length} tokens exceeds the engine's max_seq {max_seq}; shorten it, pass truncate=True, "
+            "or re-export with a larger --max-seq"
+        )
+
+
 @dataclass
 class RowState:
     prompt: list[int]
@@ -54,10 +66,7 @@ class Generation:
             raise LlamaportError("every prompt needs at least one token")
         too_long = [len(p) for p in prompts if len(p) > backend.max_seq]
         if too_long:
-            raise LlamaportError(
-                f"prompt of {max(too_long)} tokens exceeds the engine's max_seq {backend.max_seq}; "
-                "shorten it, pass truncate=True (--truncate), or re-export with a larger --max-seq"
-            )
+            raise PromptTooLong(max(too_long), backend.max_seq)
         self.backend, self.params = backend, params
         self.rows = [RowState(list(p)) for p in prompts]
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))

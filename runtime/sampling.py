@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import validate
+
 
 @dataclass
 class SamplingParams:
@@ -24,16 +26,25 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        if self.max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if not 0 <= self.min_p < 1:
-            raise ValueError("min_p must be in [0, 1)")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
+        # One validation layer for the API and the CLI (runtime/validate.py): finite numbers, ranges, real ints.
+        self.max_new_tokens = validate.integer("max_new_tokens", self.max_new_tokens, 0)
+        self.temperature = validate.number("temperature", self.temperature, 0.0)
+        self.top_k = validate.integer("top_k", self.top_k, 0)
+        self.top_p = validate.number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        self.min_p = validate.number("min_p", self.min_p, 0.0, 1.0, high_open=True)
+        self.repetition_penalty = validate.number("repetition_penalty", self.repetition_penalty, 0.0, low_open=True)
+        if self.seed is not None:  # numpy's SeedSequence takes any non-negative int
+            self.seed = validate.integer("seed", self.seed, 0)
+        if isinstance(self.stop, str):  # stop="###" means one stop string, not three one-character ones
+            self.stop = [self.stop]
+        self.stop = [validate.text("stop", s) for s in self.stop]
+        if any(not s for s in self.stop):
+            raise validate.InvalidValue("stop", "a list of non-empty strings", self.stop)
+        if isinstance(self.stop_token_ids, int):
+            self.stop_token_ids = [self.stop_token_ids]
+        self.stop_token_ids = validate.token_ids(self.stop_token_ids, None, "stop_token_ids")
+        if not isinstance(self.ignore_eos, bool):
+            raise validate.InvalidValue("ignore_eos", "True or False", self.ignore_eos)
 
 
 def seen_mask(histories: list[list[int]], vocab_size: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from llamaport.errors import LlamaportError
 
+from . import validate
+
 
 class Tokenizer:
     """encode/decode with the model's own vocabulary. Build with `Tokenizer.from_dir` or `from_files`."""
@@ -37,15 +39,28 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "Tokenizer":
-        config = json.loads(files["tokenizer_config.json"]) if "tokenizer_config.json" in files else {}
+        try:
+            config = json.loads(files["tokenizer_config.json"]) if "tokenizer_config.json" in files else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LlamaportError(f"tokenizer_config.json is not valid JSON ({e}); re-copy or re-export it") from None
         if "tokenizer.json" in files:
             from tokenizers import Tokenizer as HFTokenizer
 
-            return cls(HFTokenizer.from_str(files["tokenizer.json"].decode()), "bpe", config)
+            try:
+                backend = HFTokenizer.from_str(files["tokenizer.json"].decode())
+            except Exception as e:  # tokenizers raises its own Exception type on any malformed file
+                raise LlamaportError(f"tokenizer.json is not a readable tokenizer ({e}); re-copy or re-export "
+                                     "it") from None
+            return cls(backend, "bpe", config)
         if "tokenizer.model" in files:
             import sentencepiece as spm
 
-            return cls(spm.SentencePieceProcessor(model_proto=files["tokenizer.model"]), "sentencepiece", config)
+            try:
+                backend = spm.SentencePieceProcessor(model_proto=files["tokenizer.model"])
+            except Exception as e:  # sentencepiece raises RuntimeError on a damaged model proto
+                raise LlamaportError(f"tokenizer.model is not a readable SentencePiece model ({e}); re-copy or "
+                                     "re-export it") from None
+            return cls(backend, "sentencepiece", config)
         raise LlamaportError("no tokenizer.json or tokenizer.model found; pass token ids instead of text")
 
     @classmethod
@@ -66,6 +81,7 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids; BOS is added when the tokenizer asks for it and add_special_tokens is True."""
+        validate.text("the prompt", text)
         if self.kind == "bpe":
             return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
         ids: list[int] = [self._backend.bos_id()] if add_special_tokens and self.add_bos else []

@@ -55,6 +55,25 @@ def smollm_eager(smollm_gguf):
 
 
 @pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, engine dir): the tiny GQA model with a word-level tokenizer.json, exported once per session
+    (onnx target, max_seq 32, max_batch 2). Read-only: tests that damage or overwrite it work on a copy."""
+    from tiny import save_hf_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from llamaport.exporter import ExportOptions, export_engine
+
+    root = tmp_path_factory.mktemp("tiny_engine")
+    save_hf_model(root / "hf", "gqa")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 96)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(root / "hf" / "tokenizer.json"))
+    export_engine(root / "hf", root / "engine", ExportOptions(target="onnx", max_seq=32, max_batch=2))
+    return root / "hf", root / "engine"
+
+
+@pytest.fixture(scope="session")
 def llama2_vocab_gguf(assets_dir) -> Path:
     return assets_dir / "llama-spm-vocab.gguf"
 

@@ -43,8 +43,14 @@ def test_convert_refuses_an_existing_output_unless_overwrite(tiny_hf, tmp_path):
     result = run("convert", tiny_hf, "-o", out)
     assert result.exit_code == 1 and "--overwrite" in result.output
     assert (out / "keep.txt").read_text() == "user data"
-    assert run("convert", tiny_hf, "-o", out, "--overwrite").exit_code == 0
-    assert (out / "config.json").exists() and not (out / "keep.txt").exists()
+    # --overwrite replaces only what llamaport wrote (issue 13): a user's folder is refused and left intact...
+    result = run("convert", tiny_hf, "-o", out, "--overwrite")
+    assert result.exit_code == 1 and "not written by llamaport" in result.output
+    assert (out / "keep.txt").read_text() == "user data"
+    # ...while a folder convert wrote is replaced.
+    assert run("convert", tiny_hf, "-o", tmp_path / "ours").exit_code == 0
+    assert run("convert", tiny_hf, "-o", tmp_path / "ours", "--overwrite").exit_code == 0
+    assert (tmp_path / "ours" / "config.json").exists()
 
 
 def test_info_prints_config_and_parameter_count(tiny_hf):

@@ -85,7 +85,7 @@ def test_manifest_describes_io_files_and_verification(checkpoints, tmp_path):
     out = tmp_path / "engine"
     export_engine(checkpoints["gqa"], out, ExportOptions(max_seq=32))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "llamaport-engine" and manifest["format_version"] == 1
+    assert manifest["format"] == "llamaport-engine" and manifest["format_version"] == 2
     assert manifest["max_seq"] == 32 and manifest["target"] == "onnx"
     names = [i["name"] for i in manifest["inputs"]]
     assert names[:3] == ["input_ids", "past_lengths", "input_lengths"] and "past.1.value" in names

@@ -62,7 +62,9 @@ def test_cache_filling_up_ends_with_length_and_long_prompts_are_refused_or_trunc
     assert result.finish_reason == "length" and len(result.token_ids) == 32 - 27 + 1
     with pytest.raises(LlamaportError, match="exceeds the engine's max_seq 32"):
         engine.generate(list(range(3, 43)), GREEDY)
-    assert len(engine.generate(list(range(3, 43)), GREEDY, truncate=True).prompt_token_ids) == 31
+    # issue 13: truncation leaves room for the tokens asked for (32 - 12), keeping the prompt's end
+    truncated = engine.generate(list(range(3, 43)), GREEDY, truncate=True)
+    assert truncated.prompt_token_ids == list(range(23, 43)) and len(truncated.token_ids) == 12
 
 
 def test_cache_is_updated_in_place_in_the_bound_buffers(tiny):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import cached_property
 from typing import Callable, Iterator
 
 import torch
@@ -14,6 +15,9 @@ from ..llama import LlamaForCausalLM
 from ..rope import inverse_frequencies
 
 TensorStream = Callable[[], Iterator[tuple[str, torch.Tensor]]]
+# Hugging Face name -> a function that reads that one tensor (random access: the streaming exporter reads each
+# tensor when it writes it, in the graph's order, not the file's).
+TensorIndex = Callable[[], dict[str, Callable[[], torch.Tensor]]]
 
 # Buffers some old checkpoints saved; we recompute them from the config.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -26,7 +30,8 @@ class Checkpoint:
     `tensors()` yields (Hugging Face parameter name, tensor) one at a time, in the checkpoint's own dtype and already
     in Hugging Face layout (Q/K rotate-half order). `tokenizer_files` maps file names of a Hugging Face folder
     (tokenizer.model, tokenizer.json, tokenizer_config.json, chat_template.jinja, ...) to their contents.
-    `config` is None for a file that holds only a vocabulary.
+    `config` is None for a file that holds only a vocabulary. `tensor(name)` reads one tensor by its Hugging Face
+    name (same dtype and layout as `tensors()` yields it); `tensor_names()` lists them without reading any.
     """
 
     source: Path
@@ -36,6 +41,26 @@ class Checkpoint:
     tokenizer_files: dict[str, bytes] = field(default_factory=dict)
     stored_dtype: str = "unknown"
     tokenizer_kind: str | None = None  # "sentencepiece" | "bpe" | None
+    index: TensorIndex | None = None
+
+    @cached_property
+    def _readers(self) -> dict[str, Callable[[], torch.Tensor]]:
+        self.require_weights()
+        if self.index is None:
+            raise CheckpointError(f"{self.source}: this {self.format} checkpoint cannot be read one tensor at a time")
+        return self.index()
+
+    def tensor_names(self) -> list[str]:
+        return [name for name in self._readers if not name.endswith(_IGNORED_SUFFIXES)]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor `name` alone (Hugging Face name), read now; nothing else is kept in memory."""
+        reader = self._readers.get(name)
+        if reader is None:
+            raise CheckpointError(
+                f"{self.source}: missing tensor '{name}'; the weight files are incomplete or belong to another model"
+            )
+        return reader()
 
     def require_weights(self) -> None:
         if self.config is None or self.tensors is None:

@@ -7,14 +7,15 @@ Q4_0/Q4_1, K-quants), Q/K rows are moved back from llama.cpp's interleaved order
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..config import LlamaConfig, RopeScaling
-from llamaport.errors import CheckpointError
+from llamaport.errors import CheckpointError, ConfigError
 from .checkpoint import Checkpoint
 from .gguf_tokenizer import tokenizer_files_from_gguf
 from .permute import interleaved_to_half
@@ -70,6 +71,10 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], vocab_size: i
     def get(key, default=None):
         return meta.get(f"llama.{key}", default)
 
+    for key in ("embedding_length", "attention.head_count", "block_count", "feed_forward_length"):
+        if get(key) is None:  # no default exists for a size: name the GGUF key, not the config field it fills
+            raise ConfigError(f"llama.{key}", "missing from the GGUF metadata; the file is incomplete or was not "
+                                              "written by a llama.cpp Llama converter")
     heads = get("attention.head_count")
     hidden = get("embedding_length")
     head_dim = get("attention.key_length") or get("rope.dimension_count") or hidden // heads
@@ -141,20 +146,29 @@ def read_gguf(path: Path) -> Checkpoint:
     if "chat_template" not in config.extra and meta.get("tokenizer.chat_template"):
         config.extra["chat_template"] = meta["tokenizer.chat_template"]
 
-    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in tensors_by_name.items():
+    def read(name: str) -> torch.Tensor:
+        w = dequantize(tensors_by_name[name])
+        if name.endswith("attn_q.weight"):
+            w = interleaved_to_half(w, config.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            w = interleaved_to_half(w, config.num_key_value_heads)
+        # torch-owned memory (a transient per-tensor copy) that the exporter can free early (see release_weights)
+        return torch.tensor(w)
+
+    def index() -> dict[str, Callable[[], torch.Tensor]]:
+        readers = {}
+        for name in tensors_by_name:
             if name in _SKIPPED:
                 continue
             target = hf_name(name)
             if target is None:
                 raise CheckpointError(f"{path}: unknown GGUF tensor '{name}' for a llama model")
-            w = dequantize(tensor)
-            if name.endswith("attn_q.weight"):
-                w = interleaved_to_half(w, config.num_attention_heads)
-            elif name.endswith("attn_k.weight"):
-                w = interleaved_to_half(w, config.num_key_value_heads)
-            # torch-owned memory (a transient per-tensor copy) that the exporter can free early (see release_weights)
-            yield target, torch.tensor(w)
+            readers[target] = partial(read, name)
+        return readers
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for target, reader in index().items():
+            yield target, reader()
 
     types = sorted({t.tensor_type.name for t in reader.tensors})
-    return Checkpoint(path, "gguf", config, tensors, tokenizer_files, "+".join(types), tokenizer_kind)
+    return Checkpoint(path, "gguf", config, tensors, tokenizer_files, "+".join(types), tokenizer_kind, index=index)

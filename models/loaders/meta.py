@@ -7,8 +7,9 @@ layout to Hugging Face's rotate-half layout, as transformers' `convert_llama_wei
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -70,6 +71,11 @@ def read_meta_folder(folder: Path) -> Checkpoint:
         params = json.loads((folder / "params.json").read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{folder / 'params.json'}: not valid JSON ({e})") from None
+    # Meta's params.json has no defaults to fall back on for the sizes: name the missing field.
+    missing = [key for key in ("dim", "n_layers", "n_heads") if not isinstance(params.get(key), int)]
+    if missing:
+        raise CheckpointError(f"{folder / 'params.json'}: field '{missing[0]}' is missing or not an integer; "
+                              "params.json from Meta's release sets dim, n_layers and n_heads")
     shard_paths = sorted(folder.glob("consolidated.*.pth"))
     if not shard_paths:
         raise CheckpointError(f"{folder}: params.json found but no consolidated.NN.pth weight shards")
@@ -93,18 +99,26 @@ def read_meta_folder(folder: Path) -> Checkpoint:
             raise CheckpointError(f"{folder}: tensor '{name}' is missing from a consolidated shard") from None
         return parts[0] if split_dim is None or len(parts) == 1 else torch.cat(parts, dim=split_dim)
 
-    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-        yield "model.embed_tokens.weight", merged("tok_embeddings.weight", emb_dim)
+    def layer_tensor(i: int, meta_name: str, split_dim: int | None) -> torch.Tensor:
+        w = merged(f"layers.{i}.{meta_name}", split_dim)
+        if meta_name == "attention.wq.weight":
+            w = interleaved_to_half(w, config.num_attention_heads)
+        elif meta_name == "attention.wk.weight":
+            w = interleaved_to_half(w, config.num_key_value_heads)
+        return w
+
+    def index() -> dict[str, Callable[[], torch.Tensor]]:
+        readers = {"model.embed_tokens.weight": partial(merged, "tok_embeddings.weight", emb_dim)}
         for i in range(config.num_hidden_layers):
             for meta_name, (hf_name, split_dim) in _LAYER_MAP.items():
-                w = merged(f"layers.{i}.{meta_name}", split_dim)
-                if meta_name == "attention.wq.weight":
-                    w = interleaved_to_half(w, config.num_attention_heads)
-                elif meta_name == "attention.wk.weight":
-                    w = interleaved_to_half(w, config.num_key_value_heads)
-                yield f"model.layers.{i}.{hf_name}", w
-        yield "model.norm.weight", merged("norm.weight", None)
-        yield "lm_head.weight", merged("output.weight", 0)
+                readers[f"model.layers.{i}.{hf_name}"] = partial(layer_tensor, i, meta_name, split_dim)
+        readers["model.norm.weight"] = partial(merged, "norm.weight", None)
+        readers["lm_head.weight"] = partial(merged, "output.weight", 0)
+        return readers
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, reader in index().items():
+            yield name, reader()
 
     tokenizer_files = {}
     for candidate in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
@@ -113,4 +127,4 @@ def read_meta_folder(folder: Path) -> Checkpoint:
             break
     dtype = str(emb_parts[0].dtype).removeprefix("torch.")
     kind = "sentencepiece" if tokenizer_files else None
-    return Checkpoint(folder, "meta", config, tensors, tokenizer_files, dtype, kind)
+    return Checkpoint(folder, "meta", config, tensors, tokenizer_files, dtype, kind, index=index)

@@ -9,9 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
+from llamaport.enginedir import GRAPH, REFETCH, DType, EngineDirError, LogitsMode, Manifest, Target, TensorSpec
+from llamaport.enginedir import INPUT_IDS, INPUT_LENGTHS, LOGITS, PAST_LENGTHS, check_graph_signature, is_past_name
+from llamaport.enginedir import present_for
 from llamaport.errors import LlamaportError
 
 _NP = {"float32": np.float32, "float16": np.float16}
+# ONNX Runtime's type strings, spelled as the manifest spells dtypes.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _signature(args) -> list[TensorSpec]:
+    """Declared inputs or outputs of a session; unnamed dynamic dims (None) read as "?"."""
+    return [TensorSpec(a.name, tuple("?" if d is None else d for d in a.shape), _ORT_TYPES.get(a.type, a.type))
+            for a in args]
 
 
 def physical_cores() -> int:
@@ -26,11 +38,12 @@ def physical_cores() -> int:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, folder: Path, manifest: dict, device: str = "cpu", threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
-        if manifest["target"] == "trt":
-            raise LlamaportError(f"{folder} was exported for TensorRT (--target trt); use backend='tensorrt'")
+        if manifest.target.is_tensorrt:
+            raise LlamaportError(f"{folder} was exported for TensorRT (--target {manifest.target}); build it with "
+                                 "'llamaport build' and use backend='tensorrt'")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or physical_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -39,22 +52,27 @@ class OnnxRuntimeBackend:
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise LlamaportError("device 'cuda' needs onnxruntime-gpu (pip install onnxruntime-gpu)")
-            if manifest["target"] == "ort" and manifest["dtype"] == "fp32":
+            if manifest.target is Target.ORT and manifest.dtype is DType.FP32:
                 # ONNX Runtime's CUDA GroupQueryAttention has fp16/bf16 kernels only; fp32 would fall back to the
                 # CPU node by node, copying the whole cache across every step.
                 raise LlamaportError(f"{folder} is an fp32 --target ort engine, which ONNX Runtime cannot run on "
                                      "CUDA; re-export it with --dtype fp16 for device 'cuda'")
             providers.insert(0, "CUDAExecutionProvider")
         self.ort, self.device = ort, device
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(folder / GRAPH), options, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) share no base class
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise EngineDirError(f"{folder / GRAPH}: ONNX Runtime cannot load it ({reason}); {REFETCH}") from None
+        check_graph_signature(manifest, _signature(self.session.get_inputs()), _signature(self.session.get_outputs()))
         self.manifest = manifest
-        self.max_seq, self.max_batch = manifest["max_seq"], manifest["max_batch"]
-        self.all_logits = manifest.get("logits") == "all"
-        cache_inputs = [i for i in manifest["inputs"] if i["name"].startswith("past.")]
-        self.cache_names = [i["name"] for i in cache_inputs]
-        self.cache_dtype = _NP[cache_inputs[0]["dtype"]]
-        self.cache_shape = tuple(cache_inputs[0]["shape"][1:])  # (H_kv, S_max, D)
-        self.vocab_size = manifest["config"]["vocab_size"]
+        self.max_seq, self.max_batch = manifest.max_seq, manifest.max_batch
+        self.all_logits = manifest.logits is LogitsMode.ALL
+        cache_inputs = [i for i in manifest.inputs if is_past_name(i.name)]
+        self.cache_names = [i.name for i in cache_inputs]
+        self.cache_dtype = _NP[cache_inputs[0].dtype]
+        self.cache_shape = tuple(cache_inputs[0].shape[1:])  # (H_kv, S_max, D)
+        self.vocab_size = manifest.vocab_size
         self.batch = None
 
     def reset(self, batch: int) -> None:
@@ -70,20 +88,20 @@ class OnnxRuntimeBackend:
             value = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, *self.cache_shape), self.cache_dtype), device, 0)
             self.caches[name] = value
             self.binding.bind_ortvalue_input(name, value)
-            self.binding.bind_ortvalue_output(name.replace("past.", "present."), value)
+            self.binding.bind_ortvalue_output(present_for(name), value)
         if not self.all_logits:
             self.logits = np.zeros((batch, 1, self.vocab_size), np.float32)
-            self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+            self.binding.bind_output(LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         else:
-            self.binding.bind_output("logits", "cpu")
+            self.binding.bind_output(LOGITS, "cpu")
         self.batch = batch
 
     def forward(self, input_ids, past_lengths, input_lengths, all_positions: bool = False) -> np.ndarray:
         b = self.binding
-        b.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        b.bind_cpu_input("past_lengths", np.ascontiguousarray(past_lengths, dtype=np.int64))
+        b.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
+        b.bind_cpu_input(PAST_LENGTHS, np.ascontiguousarray(past_lengths, dtype=np.int64))
         if not self.all_logits:
-            b.bind_cpu_input("input_lengths", np.ascontiguousarray(input_lengths, dtype=np.int64))
+            b.bind_cpu_input(INPUT_LENGTHS, np.ascontiguousarray(input_lengths, dtype=np.int64))
         self.session.run_with_iobinding(b)
         if not self.all_logits:
             return self.logits[:, -1]
