@@ -6,7 +6,9 @@
 
 Checkpoints are written with random weights (fp16 safetensors, sharded) under --workdir (default: a folder in
 /tmp), never into the repository, and reused between runs. Every export runs in a fresh process; its peak RSS is
-the kernel's (os.wait4 rusage ru_maxrss), so it counts ONNX Runtime's and torch's allocations alike. The memory
+the kernel's (os.wait4 rusage ru_maxrss), so it counts ONNX Runtime's and torch's allocations alike. Linux keeps
+ru_maxrss across exec, so a child would inherit its parent's size: checkpoints are written in a subprocess of
+their own and this process never imports torch. The memory
 target (issue 8): peak RSS <= written engine size + the largest layer in fp32 + 1 GB.
 """
 
@@ -169,9 +171,9 @@ def llamaport_export(checkpoint: Path, out: Path, target: str, dtype: str, max_s
 
 def genai_builder(checkpoint: Path, out: Path, dtype: str, timeout: float) -> Run | None:
     """onnxruntime-genai's model builder on the same checkpoint (no verification), if it is installed."""
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime_genai") is None:  # not imported here: it would grow this process
         return None
     shutil.rmtree(out, ignore_errors=True)
     precision = {"fp32": "fp32", "fp16": "fp16"}[dtype]
@@ -186,6 +188,7 @@ def genai_builder(checkpoint: Path, out: Path, dtype: str, timeout: float) -> Ru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["1b"], choices=sorted(SHAPES))
+    parser.add_argument("--checkpoint", type=Path, help="an existing Hugging Face folder instead of --models")
     parser.add_argument("--targets", nargs="+", default=["ort", "onnx"])
     parser.add_argument("--dtype", default="fp16")
     parser.add_argument("--max-seq", type=int, default=2048)
@@ -199,11 +202,17 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model in args.models:
-        shape = SHAPES[model]
+    for model in [args.checkpoint.name] if args.checkpoint else args.models:
         start = time.perf_counter()
-        checkpoint = write_checkpoint(args.workdir / f"random-{model}", shape)
-        add_tokenizer(checkpoint, args.vocab)
+        if args.checkpoint:
+            checkpoint = args.checkpoint
+            config = json.loads((checkpoint / "config.json").read_text())
+            shape = {k: config[k] for k in SHAPES["1b"]}
+        else:
+            shape = SHAPES[model]
+            checkpoint = args.workdir / f"random-{model}"
+            subprocess.run([sys.executable, __file__, "--write-checkpoint", model, str(checkpoint),
+                            str(args.vocab or "")], check=True)
         print(f"[{model}] checkpoint {folder_gb(checkpoint):.2f} GB ({time.perf_counter() - start:.0f} s)", flush=True)
         for target in args.targets:
             out = args.workdir / f"engine-{model}-{target}"
@@ -212,7 +221,8 @@ def main() -> None:
             engine = folder_gb(out) if out.exists() else float("nan")
             budget = engine + largest_layer_fp32_gb(shape) + 1.0
             verification = (manifest or {}).get("verification") or {}
-            row = dict(model=model, runner=run.name, seconds=round(run.seconds, 1), peak_rss_gb=round(run.peak_rss_gb, 2),
+            row = dict(model=model, runner=run.name, seconds=round(run.seconds, 1),
+                       peak_rss_gb=round(run.peak_rss_gb, 2),
                        engine_gb=round(engine, 2), target_gb=round(budget, 2), met=run.peak_rss_gb <= budget,
                        returncode=run.returncode, verified=verification.get("passed"),
                        max_abs_logit_diff=verification.get("max_abs_logit_diff"),
@@ -242,4 +252,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--write-checkpoint"]:  # in its own process: see the module docstring
+        model, folder, vocab = sys.argv[2:5]
+        add_tokenizer(write_checkpoint(Path(folder), SHAPES[model]), Path(vocab) if vocab else None)
+    else:
+        main()

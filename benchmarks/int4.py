@@ -22,7 +22,6 @@ SMOLLM2_LINEARS = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # (N, K)
 
 
 def _layer_graph(form_level: int | None, group: int, m: int):
-    import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
@@ -182,6 +181,37 @@ def quality(src: str, variants: list[str], greedy_tokens: int) -> None:
         report(item, model, time.perf_counter() - start)
 
 
+def export_int4(src: str, out: str, method: str, group: int | None, max_seq: int, exact: bool) -> None:
+    """An int4 `ort` engine directory through today's export_engine, with the quantization pass inserted after
+    tracing (interim, until export.py takes --quant: see exporter/quant_export.py). Verification is skipped here;
+    `verify` below checks the graph against its dequantized reference."""
+    import torch
+
+    import llamaport.exporter.export as export_module
+    from llamaport.exporter import ExportOptions, export_engine
+    from llamaport.exporter.quant import parse_spec
+    from llamaport.exporter.quant_export import quantize_for_export
+    from llamaport.models import read_checkpoint
+
+    spec = parse_spec(method=method, group_size=group, exact=exact)
+    checkpoint = read_checkpoint(src)
+    trace = export_module.trace_graph
+
+    def trace_and_quantize(model, config, graph_spec, dtype, sources):
+        traced = trace(model, config, graph_spec, dtype, sources)
+        resolved, _, entry = quantize_for_export(traced, spec, graph_spec.target, dtype, checkpoint)
+        print("quantized:", entry)
+        return traced
+
+    export_module.trace_graph = trace_and_quantize
+    try:
+        start = time.perf_counter()
+        export_engine(src, out, ExportOptions(target="ort", max_seq=max_seq, verify=False, overwrite=True))
+        print(f"export: {time.perf_counter() - start:.0f} s")
+    finally:
+        export_module.trace_graph = trace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -195,9 +225,18 @@ def main() -> None:
     qu.add_argument("--variants", nargs="+", default=["gguf", "rtn-g32a", "gptq-g32a", "rtn-g64a", "gptq-g64a",
                                                        "rtn-g64s", "gptq-g64s"])
     qu.add_argument("--greedy-tokens", type=int, default=32)
+    ex = sub.add_parser("export")
+    ex.add_argument("src")
+    ex.add_argument("out")
+    ex.add_argument("--method", default="rtn")
+    ex.add_argument("--group-size", type=int, default=None)
+    ex.add_argument("--max-seq", type=int, default=512)
+    ex.add_argument("--exact", action="store_true", help="accuracy_level 0 (fp32 activations)")
     args = parser.parse_args()
     if args.cmd == "levels":
         levels(args.rounds, args.iters, args.threads, args.group_size)
+    elif args.cmd == "export":
+        export_int4(args.src, args.out, args.method, args.group_size, args.max_seq, args.exact)
     elif args.cmd == "quality":
         quality(args.src, args.variants, args.greedy_tokens)
 

@@ -170,9 +170,14 @@ def run_entry(job: Job, say: Say) -> dict:
 def _export(entry: Entry, engine_dir: Path, quiet: bool) -> None:
     from llamaport.exporter import ExportOptions, export_engine
 
+    from llamaport.exporter.quant import QuantSpec
+
+    from .spec import Quant
+
     e = entry.export
+    quant = QuantSpec() if e.quant is Quant.INT4 else None
     options = ExportOptions(target=str(e.target), dtype=str(e.dtype), max_seq=e.max_seq, max_batch=e.max_batch,
-                            logits=str(e.logits), overwrite=True, quiet=quiet)
+                            logits=str(e.logits), overwrite=True, quiet=quiet, quant=quant)
     export_engine(entry.source.path, engine_dir, options)  # atomic: a failed export leaves the old directory
 
 
@@ -206,7 +211,7 @@ def _check(entry: Entry, engine, settings: CheckSettings) -> dict:
 
     reference = Engine.open(entry.source.path, backend="eager", max_seq=engine.max_seq)
     result = run_check(engine, reference, list(settings.prompts) if settings.prompts else None, settings.text,
-                       settings.greedy_tokens, str(entry.export.dtype))
+                       settings.greedy_tokens, str(entry.export.dtype), engine.manifest.get("quantization"))
     return {"worst": result["worst"], "perplexity": result["perplexity"], "prompts": len(result["prompts"])}
 
 

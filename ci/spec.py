@@ -29,10 +29,10 @@ SPEC_VERSION = 1
 
 
 class Quant(Name):
-    """Weight quantization on top of `dtype`. int4 joins as a member here (and a row in the engine-directory
-    threshold table) when its export lands; until then a spec asking for it is refused by name."""
+    """Weight quantization on top of `dtype`: none, or weight-only int4 (`export --quant int4`, RTN defaults)."""
 
     NONE = "none"
+    INT4 = "int4"
 
 
 class Device(Name):
@@ -365,7 +365,7 @@ def _entry_name(r: _Reader, template: str, values: dict, key: str, explicit: boo
 
 def _default_gates(dtype: DType, quant: Quant) -> dict[str, float]:
     """The engine-directory threshold table's `check` row for this precision (int4 adds its own row there)."""
-    return dataclasses.asdict(thresholds(dtype).check)
+    return dataclasses.asdict(thresholds(dtype, {"bits": 4} if quant is Quant.INT4 else None).check)
 
 
 def _fits(r: _Reader, entry: Entry, bench: BenchSettings, key: str) -> None:

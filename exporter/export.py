@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,46 +11,50 @@ import torch
 from tqdm import tqdm
 
 from llamaport.atomic import atomic_output_dir
+from llamaport.enginedir import GRAPH, DType, LogitsMode, Target, Task, parse
 from llamaport.errors import LlamaportError
+from llamaport.export_options import check_export_options
 from llamaport.models import read_checkpoint
 from llamaport.models.llama import LlamaForCausalLM, LlamaForSequenceClassification
 from llamaport.plugins.ops import use_plugin_attention
-from llamaport.plugins.translations import TARGETS
 
 from .graph import GraphSpec, fake_model, trace_graph, write_graph
 from .manifest import write_manifest
+from .quant import QuantSpec
 from .verify import Schedule, accuracy_dict, verify_export
 from .weights import parameter_sources
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TASKS = {"causal-lm": LlamaForCausalLM, "sequence-classification": LlamaForSequenceClassification}
+DTYPES = {DType.FP32: torch.float32, DType.FP16: torch.float16, DType.BF16: torch.bfloat16}
+TASKS = {Task.CAUSAL_LM: LlamaForCausalLM, Task.SEQUENCE_CLASSIFICATION: LlamaForSequenceClassification}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    target: str = "onnx"
-    dtype: str = "fp32"
+    """What to export. Names are llamaport.enginedir's typed names (their spellings work too: "ort" is Target.ORT)."""
+
+    target: Target | str = Target.ONNX
+    dtype: DType | str = DType.FP32
     max_seq: int = 4096
     max_batch: int = 1
-    logits: str = "last"
-    task: str = "causal-lm"
+    logits: LogitsMode | str = LogitsMode.LAST
+    task: Task | str = Task.CAUSAL_LM
     verify: bool = True
     verify_steps: int = 4
     overwrite: bool = False
     quiet: bool = False  # no progress bars
+    quant: QuantSpec | None = None  # weight-only int4 (exporter/quant.py); None keeps the weights in `dtype`
+
+
+def resolve_options(options: ExportOptions) -> ExportOptions:
+    """The options with every name parsed to its typed value, so the rest of the export compares enums."""
+    return dataclasses.replace(
+        options, target=parse(Target, options.target, "--target"), dtype=parse(DType, options.dtype, "--dtype"),
+        logits=parse(LogitsMode, options.logits, "--logits"), task=parse(Task, options.task, "--task"),
+    )
 
 
 def check_options(options: ExportOptions, config) -> None:
-    if options.target not in TARGETS:
-        raise LlamaportError(f"--target {options.target!r} does not exist; use one of {', '.join(TARGETS)}")
-    if options.dtype not in DTYPES:
-        raise LlamaportError(f"--dtype {options.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    if options.task not in TASKS:
-        raise LlamaportError(f"--task {options.task!r} is not supported; use one of {', '.join(TASKS)}")
-    if options.max_batch < 1:
-        raise LlamaportError("--max-batch must be at least 1")
-    if options.max_seq < 2:
-        raise LlamaportError("--max-seq must be at least 2")
+    """What needs the model's config: the cache must fit the positions the model supports."""
     limit = config.max_supported_positions()
     if options.max_seq > limit:
         hint = "" if config.rope_scaling else " and has no rope_scaling to extend it"
@@ -81,15 +86,17 @@ def _write(traced, path: Path, target: str, layers: int, progress: _Progress) ->
         bar.update(bar.total - bar.n)
 
 
-def _verify(path: Path, options: ExportOptions, checkpoint, schedule: Schedule, progress: _Progress) -> dict:
+def _verify(path: Path, options: ExportOptions, checkpoint, schedule: Schedule, progress: _Progress,
+            quantization: dict | None) -> dict:
+    """Graph vs eager; for a quantized graph the eager model runs the same dequantized weights (`checkpoint`)."""
     with progress.bar("verify", checkpoint.config.num_hidden_layers + 1) as bar:
         result = verify_export(path, options.target, checkpoint, options.dtype, schedule, options.max_seq,
-                               lambda stage: (bar.set_postfix_str(stage), bar.update(1)))
+                               lambda stage: (bar.set_postfix_str(stage), bar.update(1)), quantization)
     if not result.passed:
         raise LlamaportError(
             f"export verification failed: max |logit diff| {result.max_abs_logit_diff:.3g} "
             f"(tolerance {result.tolerance:g}), top-1 agreement {result.top1_agreement:.3f} against "
-            f"fp32 eager; nothing was written"
+            f"{'its dequantized ' if quantization else 'fp32 '}eager reference; nothing was written"
         )
     return accuracy_dict(result)
 
@@ -101,31 +108,41 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
     the checkpoint as it is written, and verification runs the written graph, then the eager reference layer by
     layer (exporter/weights.py, exporter/reference.py).
     """
+    check_export_options(src, options)  # cheap checks before any weight is read
+    options = resolve_options(options)
     progress = _Progress(options.quiet)
     checkpoint = read_checkpoint(src)
     checkpoint.require_weights()
     config = checkpoint.config
     check_options(options, config)
-    with atomic_output_dir(out, options.overwrite) as tmp:
+    with atomic_output_dir(out, options.overwrite, sources=[src]) as tmp:
         model = fake_model(config, DTYPES[options.dtype], TASKS[options.task])
         use_plugin_attention(model)
-        if options.task == "causal-lm":
+        if options.task is Task.CAUSAL_LM:
             model.fuse_projections()
         spec = GraphSpec(options.target, options.max_seq, options.max_batch, options.logits, options.task)
         traced = trace_graph(model, config, spec, DTYPES[options.dtype], parameter_sources(checkpoint, model))
         del model
-        _write(traced, tmp / "model.onnx", options.target, config.num_hidden_layers, progress)
+        quantization, reference = None, checkpoint
+        if options.quant is not None:
+            from .quant_export import DequantizedCheckpoint, quantize_for_export
+
+            _, codes, quantization = quantize_for_export(traced, options.quant, options.target,
+                                                         DTYPES[options.dtype], checkpoint)
+            reference = DequantizedCheckpoint(checkpoint, codes)
+        _write(traced, tmp / GRAPH, options.target, config.num_hidden_layers, progress)
         del traced
         gc.collect()
         accuracy = None
-        if options.verify and options.task == "causal-lm":
+        if options.verify and options.task is Task.CAUSAL_LM:
             schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
-            accuracy = _verify(tmp / "model.onnx", options, checkpoint, schedule, progress)
+            accuracy = _verify(tmp / GRAPH, options, reference, schedule, progress, quantization)
         for name, content in checkpoint.tokenizer_files.items():
             (tmp / name).write_bytes(content)
         manifest = write_manifest(
             tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
             task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
             logits=options.logits, tokenizer=checkpoint.tokenizer_kind, accuracy=accuracy,
+            quantization=quantization,
         )
     return manifest

@@ -7,7 +7,7 @@
   (which also returns the sum for the next residual): 60 nodes less for SmolLM2, about 3% faster decoding on 2
   cores in an interleaved A/B (decode on this model is ~90% bound by weight reads, so node count is what is left).
   Its sums round differently: SmolLM2's max |logit diff| against eager is 5-9e-5 in `check` and up to 1.1e-4 in
-  the export's batch-2 verification (hence verify.FP32_RELATIVE_TOLERANCE).
+  the export's batch-2 verification (hence enginedir's verify_relative_logit_diff for fp32).
 """
 
 from __future__ import annotations

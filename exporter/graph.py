@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from llamaport import enginedir
+from llamaport.enginedir import LogitsMode, Target, Task
 from llamaport.models import LlamaConfig
 from llamaport.models.rope import inverse_frequencies, rotary_cos_sin
 from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
@@ -30,33 +32,26 @@ from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
 from .fusions import postprocess
 from .weights import WeightSource, fold_weight_nodes, lazy_tensor
 
-CLASSIFIER_INPUTS = ["input_ids"]
-
 
 @dataclass(frozen=True)
 class GraphSpec:
-    target: str  # onnx | ort | trt
+    target: Target
     max_seq: int  # cache capacity S_max
     max_batch: int
-    logits: str = "last"  # last | all
-    task: str = "causal-lm"  # causal-lm | sequence-classification
+    logits: LogitsMode = LogitsMode.LAST
+    task: Task = Task.CAUSAL_LM
 
-
-def cache_names(config: LlamaConfig, prefix: str) -> list[str]:
-    return [f"{prefix}.{i}.{kind}" for i in range(config.num_hidden_layers) for kind in ("key", "value")]
+    def __post_init__(self):  # spellings ("ort") become the typed names, so comparisons below are by identity
+        for name, kind in (("target", Target), ("logits", LogitsMode), ("task", Task)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
 
 def input_names(config: LlamaConfig, spec: GraphSpec) -> list[str]:
-    if spec.task == "sequence-classification":
-        return list(CLASSIFIER_INPUTS)
-    lengths = ["input_lengths"] if spec.logits == "last" else []
-    return ["input_ids", "past_lengths", *lengths, *cache_names(config, "past")]
+    return enginedir.input_names(config.num_hidden_layers, spec.task, spec.logits)
 
 
 def output_names(config: LlamaConfig, spec: GraphSpec) -> list[str]:
-    if spec.task == "sequence-classification":
-        return ["logits"]
-    return ["logits", *cache_names(config, "present")]
+    return enginedir.output_names(config.num_hidden_layers, spec.task)
 
 
 class DecoderGraph(nn.Module):
@@ -90,12 +85,12 @@ def example_inputs(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype):
     ids = torch.zeros(batch, seq, dtype=torch.int64)
     batch_dim = torch.export.Dim("batch", min=1, max=max(2, spec.max_batch))
     seq_dim = torch.export.Dim("sequence", min=1, max=spec.max_seq)
-    if spec.task == "sequence-classification":
+    if spec.task is Task.SEQUENCE_CLASSIFICATION:
         return (ids,), ({0: batch_dim, 1: seq_dim},)
     past = torch.zeros(batch, dtype=torch.int64)
     shape = (batch, config.num_key_value_heads, spec.max_seq, config.head_dim)
     caches = tuple(torch.zeros(shape, dtype=dtype) for _ in range(2 * config.num_hidden_layers))
-    lengths = (torch.full((batch,), seq, dtype=torch.int64),) if spec.logits == "last" else ()
+    lengths = (torch.full((batch,), seq, dtype=torch.int64),) if spec.logits is LogitsMode.LAST else ()
     args = (ids, past, *lengths, *caches)
     # Shaped like forward(input_ids, past_lengths, *rest): one spec per named argument, then one tuple for *rest.
     rest = tuple({0: batch_dim} for _ in (*lengths, *caches))
@@ -153,15 +148,15 @@ def _quiet_torch_onnx():
 
 
 def graph_module(model: nn.Module, spec: GraphSpec) -> nn.Module:
-    if spec.task == "sequence-classification":
+    if spec.task is Task.SEQUENCE_CLASSIFICATION:
         return ClassifierGraph(model)
-    return DecoderGraph(model, last_only=spec.logits == "last")
+    return DecoderGraph(model, last_only=spec.logits is LogitsMode.LAST)
 
 
 def target_table(config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype) -> dict:
     """The plugin op's lowering for the target (with the rotary table where the `ort` lowering takes one)."""
     heads = Heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-    return translation_table(spec.target, heads, rotary_table(config, spec, dtype) if spec.target == "ort" else None)
+    return translation_table(spec.target, heads, rotary_table(config, spec, dtype) if spec.target is Target.ORT else None)
 
 
 @dataclass

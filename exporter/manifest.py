@@ -41,10 +41,12 @@ def io_signature(model_path: Path) -> dict:
 
 
 def write_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int,
-                   max_batch: int, logits: str, tokenizer: str | None, accuracy: dict | None) -> dict:
+                   max_batch: int, logits: str, tokenizer: str | None, accuracy: dict | None,
+                   quantization: dict | None = None) -> dict:
     """Write `folder`/manifest.json through `enginedir.write_manifest`, with the signature of `folder`/model.onnx."""
     return enginedir.write_manifest(
         folder, source=source, config=config, target=target, task=task, dtype=dtype, max_seq=max_seq,
         max_batch=max_batch, logits=logits, tokenizer=tokenizer, **io_signature(Path(folder) / GRAPH),
         producer={name: _version(name) for name in PRODUCERS}, verification=accuracy,
+        quantization=quantization,
     )

@@ -44,7 +44,9 @@ class AccuracyLevel(enum.IntEnum):
     INT8 = 4  # activations quantized to int8 per block (VNNI dot products); measured faster on this CPU
 
 
-# Measured on this machine (AVX-512 VNNI, 2 cores), one SmolLM2-sized layer, decode (M=1): see benchmarks/int4.py.
+# Measured on this machine (AVX-512 VNNI, 2 cores), one SmolLM2-sized layer, decode (M=1): 4x faster than level 0
+# (benchmarks/int4.py levels; RESULTS.md). Costs ~0.3-0.9 of max |logit diff| on SmolLM2, enough to flip near-tied
+# first tokens; EXACT keeps fp32 activations (but ORT's 8-bit MatMulNBits is very slow at level 0: RESULTS.md).
 DEFAULT_ACCURACY_LEVEL = AccuracyLevel.INT8
 
 
@@ -94,7 +96,7 @@ def resolve_spec(spec: QuantSpec, target: str, linears: Mapping[str, tuple[int, 
 
     `linears`: weight name -> (N, K) of every linear that will be quantized (the head included when it is).
     """
-    trt = target == "trt"
+    trt = target.startswith("trt")  # trt and trt-native: the same INT4 weight-only path
     symmetric = spec.symmetric
     if symmetric is None:
         symmetric = trt  # asymmetric codes use all 16 levels for lopsided blocks; TensorRT takes symmetric only

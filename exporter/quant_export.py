@@ -10,12 +10,14 @@ The replaced float initializers leave the graph and `traced.sources`.
 It returns `EagerCodes`: parameter name -> a function computing that weight's codes, the same numbers the graph
 holds, so verification can run the eager model with `llamaport.models.quantized.quantize_model` layer by layer.
 
-Integration (export.py), in order:
+Integration (export.py), in order (benchmarks/int4.py `export` does the same by wrapping trace_graph):
     traced = trace_graph(...)
-    eager_codes = quantize_traced(traced, spec, options.target, DTYPES[options.dtype], config,
-                                  gguf=checkpoint.source if method is gguf else None,
-                                  precomputed=gptq_codes)  # gptq_codes from quant_export.calibrate(...)
+    if options.quant is not None:       # a QuantSpec from quant.parse_spec(--method, --group-size, ...)
+        spec, codes, entry = quantize_for_export(traced, options.quant, options.target, DTYPES[options.dtype],
+                                                 checkpoint)
     _write(traced, ...)
+    verify against DequantizedCheckpoint(checkpoint, codes) (graph correctness; tolerance for int8 activations)
+    and report quality against `checkpoint` itself; write `entry` into the manifest ("quantization").
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from llamaport.models.quantized import QuantizedWeight
 from .quant import QuantMethod, QuantSpec, resolve_spec
 from .quant_lowering import (Form, LazyInitializer, WeightSource, ZeroKind, _Emitter, dq_nodes, gather_nodes,
                              matmulnbits_nodes)
-from .quant_methods import CARRIED_GGUF_TYPES, gguf_codes, rtn
+from .quant_methods import gguf_codes, rtn
 
 EagerCodes = dict[str, Callable[[], QuantizedWeight]]
 GRAPH_PREFIX = "model."  # the graph wraps the model as `self.model` (weights.GRAPH_PREFIX)
@@ -155,7 +157,7 @@ def quantize_traced(traced, spec: QuantSpec, target: str, dtype: torch.dtype, co
     head_bits = spec.head_bits
     body = {params[w]: candidates[params[w]] for _, w, _ in matmuls if params[w] != "lm_head.weight"}
     spec = resolve_spec(spec, target, body)
-    form = Form(target)
+    form = Form.TRT if target.startswith("trt") else Form(target)
     act = np.dtype(_NP[dtype])
     get = gguf_codes(gguf, config) if spec.method is QuantMethod.GGUF else None
     if spec.method is QuantMethod.GGUF and gguf is None:

@@ -92,7 +92,8 @@ def layerwise_logits(checkpoint: Checkpoint, steps: list[Step], max_seq: int,
             k_cache, v_cache = torch.zeros(cache_shape), torch.zeros(cache_shape)  # (B, H_kv, S_max, D)
             for s, step in enumerate(steps):
                 cos, sin = rope[s]
-                hidden[s], k_cache, v_cache = layer(hidden[s], cos, sin, k_cache, v_cache, step.past_lengths, kv_lens[s])
+                hidden[s], k_cache, v_cache = layer(hidden[s], cos, sin, k_cache, v_cache, step.past_lengths,
+                                                    kv_lens[s])
             del layer, k_cache, v_cache
             if progress is not None:
                 progress()

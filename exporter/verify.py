@@ -19,17 +19,14 @@ import numpy as np
 import torch
 
 from llamaport.models import LlamaConfig
+from llamaport.enginedir import (INPUT_IDS, INPUT_LENGTHS, LOGITS, PAST_LENGTHS, cache_names, present_for,
+                                 thresholds)
 from llamaport.errors import LlamaportError
 from llamaport.models.loaders.checkpoint import Checkpoint
 
 from .reference import layerwise_logits, schedule_steps
 
-# max |logit diff| allowed against fp32 eager, per graph dtype; fp16/bf16 are also held to top-1 agreement.
-TOLERANCE = {"fp32": 1e-4, "fp16": 0.5, "bf16": 1.0}
-# fp32 rounding grows with the logits' magnitude, so fp32 also passes within this fraction of the largest |logit|.
-# Measured on SmolLM2 (|logits| up to ~25): transformers vs our eager 4e-5; fused ONNX Runtime kernels, which sum
-# in another order, up to 1.1e-4. Real mistakes (a wrong rotary, one damaged weight) show as 1e-2 and more.
-FP32_RELATIVE_TOLERANCE = 1e-5
+# Tolerances: the one threshold table, llamaport.enginedir.THRESHOLDS (verify_* fields), shared with `check`.
 NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
@@ -103,22 +100,21 @@ def graph_greedy(run: Callable[[dict], dict], config: LlamaConfig, schedule: Sch
     ids, lengths = _right_pad(schedule.prompts)
     batch = len(schedule.prompts)
     shape = (batch, config.num_key_value_heads, max_seq, config.head_dim)
-    layers = range(config.num_hidden_layers)
-    cache = {f"past.{i}.{kind}": np.zeros(shape, NP_DTYPES[dtype]) for i in layers for kind in ("key", "value")}
-    feeds = {"input_ids": ids, "past_lengths": np.zeros(batch, np.int64), "input_lengths": lengths, **cache}
+    caches = cache_names(config.num_hidden_layers)
+    feeds = {INPUT_IDS: ids, PAST_LENGTHS: np.zeros(batch, np.int64), INPUT_LENGTHS: lengths,
+             **{name: np.zeros(shape, NP_DTYPES[dtype]) for name in caches}}
     results, fed = [], []
     for step in range(schedule.steps + 1):
         outputs = run(feeds)
-        results.append(np.asarray(outputs["logits"])[:, -1].astype(np.float32))
+        results.append(np.asarray(outputs[LOGITS])[:, -1].astype(np.float32))
         if step == schedule.steps:
             break
         fed.append(results[-1].argmax(-1) if tokens is None else tokens[step])
-        feeds["past_lengths"] = feeds["past_lengths"] + feeds["input_lengths"]
-        feeds["input_ids"] = fed[-1][:, None].astype(np.int64)
-        feeds["input_lengths"] = np.ones(batch, np.int64)
-        for i in layers:
-            for kind in ("key", "value"):
-                feeds[f"past.{i}.{kind}"] = outputs[f"present.{i}.{kind}"]
+        feeds[PAST_LENGTHS] = feeds[PAST_LENGTHS] + feeds[INPUT_LENGTHS]
+        feeds[INPUT_IDS] = fed[-1][:, None].astype(np.int64)
+        feeds[INPUT_LENGTHS] = np.ones(batch, np.int64)
+        for name in caches:
+            feeds[name] = outputs[present_for(name)]
     return results, fed
 
 
@@ -153,23 +149,23 @@ def reference_runner(path: Path) -> Callable[[dict], dict]:
     return lambda feeds: dict(zip(names, evaluator.run(None, {k: v for k, v in feeds.items() if k in wanted})))
 
 
-def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backend: str) -> Accuracy:
+def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backend: str,
+            quantization: dict | None = None) -> Accuracy:
     diffs = [np.abs(e - g) for e, g in zip(expected, got)]
     agree = [float(np.mean(e.argmax(-1) == g.argmax(-1))) for e, g in zip(expected, got)]
     max_diff = float(max(d.max() for d in diffs))
     if not np.isfinite(max_diff):
         max_diff = float("inf")
-    tolerance = TOLERANCE[dtype]
-    if dtype == "fp32":
-        tolerance = max(tolerance, FP32_RELATIVE_TOLERANCE * float(max(np.abs(e).max() for e in expected)))
+    bounds = thresholds(dtype, quantization)
+    tolerance = bounds.verify_tolerance(float(max(np.abs(e).max() for e in expected)))
     top1 = float(np.mean(agree))
-    passed = max_diff <= tolerance and (dtype == "fp32" or top1 == 1.0)
+    passed = max_diff <= tolerance and top1 >= bounds.verify_min_top1_agreement
     return Accuracy(max_diff, float(np.mean([d.mean() for d in diffs])), top1, len(expected) - 1,
                     expected[0].shape[0], backend, tolerance, passed)
 
 
 def verify_export(path: Path, target: str, checkpoint: Checkpoint, dtype: str, schedule: Schedule, max_seq: int,
-                  progress: Callable[[str], None] | None = None) -> Accuracy:
+                  progress: Callable[[str], None] | None = None, quantization: dict | None = None) -> Accuracy:
     """Run the written graph over the schedule, then the fp32 eager reference layer by layer, and compare.
 
     The graph runs first and alone (one copy of the weights: the engine's), feeding its own greedy tokens; its
@@ -191,7 +187,7 @@ def verify_export(path: Path, target: str, checkpoint: Checkpoint, dtype: str, s
         progress("graph")
     expected = layerwise_logits(checkpoint, schedule_steps(schedule.prompts, tokens), max_seq,
                                 None if progress is None else lambda: progress("reference"))
-    return compare(expected, got, dtype, backend)
+    return compare(expected, got, dtype, backend, quantization)
 
 
 def accuracy_dict(accuracy: Accuracy) -> dict:

@@ -144,7 +144,9 @@ def fold_weight_nodes(graph: ir.Graph, sources: dict[str, WeightSource]) -> None
         if len(node.outputs) != 1 or not node.inputs or node.inputs[0] is None:
             continue
         weight, out = node.inputs[0], node.outputs[0]
-        if weight.name not in sources or not weight.is_initializer() or weight.is_graph_input() or out.is_graph_output():
+        if weight.name not in sources or not weight.is_initializer() or weight.is_graph_input():
+            continue
+        if out.is_graph_output():
             continue
         parent = sources[weight.name]
         fold = _transform(node, parent)

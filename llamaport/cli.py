@@ -130,8 +130,19 @@ def info(src, as_json):
 @click.option("--skip-verify", is_flag=True, help="Do not run the graph against the eager model (huge models).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quant", type=click.Choice(["none", "int4"]), default="none", show_default=True,
+              help="Weight-only quantization of the linear layers.")
+@click.option("--method", default="rtn", show_default=True,
+              help="int4 method: rtn, gptq (calibrated) or gguf (carry a Q4_0/Q4_1 GGUF's own codes).")
+@click.option("--group-size", type=int, default=None,
+              help="int4 block size along K: 32, 64 or 128 (default: the largest that divides every layer).")
+@click.option("--lm-head", default="int8", show_default=True, help="LM head and embedding: int8, int4 or none.")
+@click.option("--calib", type=click.Path(), default=None, help="Calibration text for gptq (default: built in).")
+@click.option("--exact-int4", is_flag=True,
+              help="ort: fp32 activations in MatMulNBits (accuracy_level 0) instead of the faster int8 ones.")
 @user_errors
-def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verify, overwrite, quiet):
+def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verify, overwrite, quiet, quant, method,
+           group_size, lm_head, calib, exact_int4):
     """Export SRC (HF folder, Meta folder or .gguf) to an engine directory OUT.
 
     OUT holds model.onnx (+ model.onnx.data), the tokenizer files and manifest.json. The graph is run against
@@ -154,15 +165,21 @@ def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verif
         max_seq, note = resolve_max_seq(None, checkpoint.config)
     if note:
         click.echo(note, err=True)
+    spec = None
+    if quant == "int4":
+        from llamaport.exporter.quant import parse_spec
+
+        spec = parse_spec(method, group_size, lm_head, calib=calib, exact=exact_int4)
     options = ExportOptions(target=target, dtype=dtype, max_seq=max_seq, max_batch=max_batch, logits=logits,
-                            task=task, verify=not skip_verify, overwrite=overwrite, quiet=quiet)
+                            task=task, verify=not skip_verify, overwrite=overwrite, quiet=quiet, quant=spec)
     manifest = export_engine(src, out, options)
     accuracy = manifest["verification"]
     checked = (
         f"verified on {accuracy['backend']}: max |logit diff| {accuracy['max_abs_logit_diff']:.2e}, "
         f"top-1 agreement {accuracy['top1_agreement']:.3f}" if accuracy else "not verified"
     )
-    click.echo(f"wrote {target} engine ({dtype}, max_seq {max_seq}) to {out}; {checked}")
+    weights = "" if spec is None else f", int4 {manifest['quantization']['method']} g{manifest['quantization']['group_size']}"
+    click.echo(f"wrote {target} engine ({dtype}{weights}, max_seq {max_seq}) to {out}; {checked}")
     if not manifest.get("tokenizer"):
         click.echo(f"note: {src} has no tokenizer files (tokenizer.json or tokenizer.model), so neither has the "
                    "engine: give prompts as token ids (generate --prompt-ids 1,2,3, or ids in the Python API), or "
@@ -380,7 +397,8 @@ def check(engine_dir, reference, prompts_file, text_file, greedy_tokens, as_json
     if not source or not Path(source).exists():
         raise LlamaportError(f"the export's source {source!r} is not here; pass --reference CHECKPOINT")
     ref = Engine.open(source, backend="eager", max_seq=engine.max_seq)
-    report = run_check(engine, ref, prompts, text, greedy_tokens, engine.manifest["dtype"])
+    report = run_check(engine, ref, prompts, text, greedy_tokens, engine.manifest["dtype"],
+                       engine.manifest.get("quantization"))
     if integrity:
         report["failures"], report["passed"] = integrity + report["failures"], False
     if as_json:

@@ -234,7 +234,18 @@ THRESHOLDS: dict[DType, Thresholds] = {
 }
 
 
-def thresholds(precision: DType | str) -> Thresholds:
+# Weight-only int4 engines (manifest "quantization" {"bits": 4, ...}): verification compares the graph with the
+# eager model running the same dequantized weights, so the gap is the activations' int8 rounding (MatMulNBits
+# accuracy_level 4): measured 0.5-0.9 max |logit diff| on SmolLM2, with near-tied tokens allowed to flip. `check`
+# compares with the unquantized model, so its bounds measure quantization quality (RTN on SmolLM2: KL ~0.3).
+INT4 = Thresholds(1.5, 0.05, 0.8, CheckThresholds(
+    max_abs_diff=15.0, cosine=0.9, kl=0.6, top1=0.5, top5=0.7, greedy_match=0.0, ppl_rel_delta=0.6))
+
+
+def thresholds(precision: DType | str, quantization: Mapping | None = None) -> Thresholds:
+    """The bounds of one engine precision: its graph dtype, or its weight quantization when it has one."""
+    if quantization and quantization.get("bits") == 4:
+        return INT4
     key = precision if precision in THRESHOLDS else parse(DType, precision, "--dtype")
     return THRESHOLDS[key]
 
@@ -286,6 +297,7 @@ class Manifest(Mapping):
     outputs: tuple[TensorSpec, ...]
     files: dict[str, FileRecord]
     verification: dict | None
+    quantization: dict | None = None
 
     @property
     def folder(self) -> Path:
@@ -427,6 +439,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         outputs=r.tensors("outputs"),
         files=r.files(version),
         verification=r.get("verification", dict, "an object or null", optional=True),
+        quantization=r.get("quantization", dict, "an object or null", optional=True),
     )
     r.get("producer", dict, "an object", optional=True)
     return manifest
@@ -452,8 +465,11 @@ def read_manifest(folder: str | Path) -> Manifest:
 def manifest_dict(*, source: str | None, config: dict, target: Target | str, task: Task | str, dtype: DType | str,
                   max_seq: int, max_batch: int, logits: LogitsMode | str, tokenizer: str | None,
                   inputs: list[dict], outputs: list[dict], producer: dict, files: dict,
-                  verification: dict | None) -> dict:
-    """The manifest's JSON object, keys in their written order (no timestamps: same export, same bytes)."""
+                  verification: dict | None, quantization: dict | None = None) -> dict:
+    """The manifest's JSON object, keys in their written order (no timestamps: same export, same bytes).
+
+    `quantization`: for weight-quantized engines, {bits, method, group_size, symmetric, lm_head, ...}.
+    """
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -471,6 +487,7 @@ def manifest_dict(*, source: str | None, config: dict, target: Target | str, tas
         "producer": producer,
         "files": files,
         "verification": verification,
+        **({"quantization": quantization} if quantization else {}),
     }
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llamaport.enginedir import DType, LogitsMode, Target, Task
 from llamaport.errors import CheckpointError, LlamaportError
 
-# The option names; the exporter maps them to torch dtypes, model classes and graph lowerings
-# (tests/test_bad_inputs.py pins these tuples to exporter.export's and plugins.translations' own tables).
-TARGETS = ("onnx", "ort", "trt", "trt-native")
-DTYPES = ("fp32", "fp16", "bf16")
-TASKS = ("causal-lm", "sequence-classification")
-LOGITS = ("last", "all")
+# The option spellings come from the engine-directory module's typed names; the exporter maps them to torch
+# dtypes, model classes and graph lowerings (tests/test_bad_inputs.py pins them to the exporter's own tables).
+TARGETS = tuple(Target.choices())
+DTYPES = tuple(DType.choices())
+TASKS = tuple(Task.choices())
+LOGITS = tuple(LogitsMode.choices())
 DEFAULT_MAX_SEQ = 4096
 # Export verification runs a prompt and then verify_steps + 1 = 5 decode steps through the cache, so a smaller
 # cache cannot be verified (it failed inside the eager reference); 8 leaves that room and then some.

@@ -83,8 +83,8 @@ class QuantizedWeight:
 
 
 class DequantizedLinear(nn.Module):
-    """nn.Linear over a block-quantized weight; keeps the codes (a quarter of fp32 int4 bytes... plus scales) and
-    dequantizes per call, so the eager reference holds the quantized model, not a float copy of it."""
+    """nn.Linear over a block-quantized weight. It keeps the codes and dequantizes per call, so an eager reference
+    holds the quantized model (about a quarter of fp32's bytes in uint8 codes), not a float copy of it."""
 
     def __init__(self, q: QuantizedWeight, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()

@@ -7,7 +7,7 @@
 - `trt.TRT_Attention` and `trt.TRT_KVCacheUpdate` (version 1): TensorRT 11's own attention and KV-cache-update
   ONNX ops (the `--target trt-native` lowering), declared for the same reasons; TensorRT's ONNX parser maps them
   to IAttention / IKVCacheUpdateLayer, and plugins/reference_trt_native.py runs them in onnx.reference.
-Registering is idempotent; `register()` is called on import of `llamaport.plugins`.
+Registering is idempotent; `register()` runs when translations are imported (or when called directly).
 
 `GQA_PLUGIN` / `ROPE_PLUGIN` are the one source of truth for our TensorRT plugins' names, tensors and fields: the
 ONNX schemas below, the exporter's nodes (plugins/translations.py) and the `tensorrt.plugin` registrations

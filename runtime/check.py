@@ -129,7 +129,7 @@ def _check_inputs(engine: Engine, prompts, text, greedy_tokens):
 
 
 def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = None, text: str | None = None,
-              greedy_tokens: int = 16, dtype: str = "fp32") -> dict:
+              greedy_tokens: int = 16, dtype: str = "fp32", quantization: dict | None = None) -> dict:
     tokenizer = _check_inputs(engine, prompts, text, greedy_tokens)
     rows = []
     for prompt in PROMPTS if prompts is None else prompts:
@@ -146,7 +146,7 @@ def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = Non
     if len(text_ids) < 2:
         raise LlamaportError(f"the perplexity text is {len(text_ids)} token(s); perplexity needs at least 2")
     ppl_ref, ppl_engine = perplexity(reference.logits(text_ids), text_ids), perplexity(engine.logits(text_ids), text_ids)
-    bounds = thresholds_for(dtype).check
+    bounds = thresholds_for(dtype, quantization).check
     thresholds = asdict(bounds)
     worst = {
         "max_abs_diff": max(r.max_abs_diff for r in rows),

@@ -97,7 +97,8 @@ def _random_checkpoint(folder: Path, dtype: torch.dtype) -> int:
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config)
     generator = torch.Generator().manual_seed(0)
-    state = {name: (0.02 * torch.randn(p.shape, generator=generator)).to(dtype) for name, p in model.state_dict().items()}
+    state = {name: (0.02 * torch.randn(p.shape, generator=generator)).to(dtype)
+             for name, p in model.state_dict().items()}
     from safetensors.torch import save_file
 
     folder.mkdir()
@@ -107,7 +108,7 @@ def _random_checkpoint(folder: Path, dtype: torch.dtype) -> int:
 
 
 _CHILD = textwrap.dedent("""
-    import gc, json, resource, sys
+    import gc, json, sys
     import psutil, torch
     from llamaport.exporter import ExportOptions, export_engine, graph
     from llamaport.exporter.weights import parameter_sources
@@ -125,7 +126,9 @@ _CHILD = textwrap.dedent("""
     gc.collect()
     baseline = psutil.Process().memory_info().rss
     export_engine(src, out, ExportOptions(target=target, dtype=dtype, max_seq=64, quiet=True))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, this process's own high-water mark: ru_maxrss would also count the parent's size, kept across exec.
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    peak = int(status["VmHWM"].split()[0]) * 1024
     print(json.dumps({"baseline": baseline, "peak": peak}))
 """)
 

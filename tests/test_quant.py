@@ -112,11 +112,16 @@ def test_quantized_linear_in_each_graph_form_equals_its_dequantized_reference(we
         got = ReferenceEvaluator(model).run(None, {"x": x})[0]
         np.testing.assert_allclose(_run_ort(model, {"x": x}, optimize=False)[0], expected, atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
+    if form == "ort" and symmetric == "float":  # fast kernel (no float zero points) + block-sum correction
+        nbits = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+        assert len(nbits.input) == 3 and "ReduceSum" in {n.op_type for n in model.graph.node}
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("symmetric", [True, False, "float"])
 def test_int8_activation_level_stays_within_activation_quantization_error(weight, symmetric):
-    q = rtn(weight, 4, 32, symmetric)
+    q = rtn(weight, 4, 32, symmetric is True)
+    if symmetric == "float":
+        q = _float_zero(q)
     x = np.random.default_rng(1).standard_normal((2, 3, K)).astype(np.float32)
     got = _run_ort(_linear_graph(weight, q, "ort", AccuracyLevel.INT8), {"x": x})[0]
     expected = x @ q.dequantize().numpy().T
@@ -313,3 +318,31 @@ def test_gguf_carried_codes_dequantize_to_ggufs_own_values(smollm_gguf):
         q = get(name)
         assert (q.bits, q.group, q.float_zero) == ((8, 32, False) if "embd" in gguf_name else (4, 32, True))
         np.testing.assert_allclose(q.dequantize().numpy(), expected, rtol=0, atol=4e-7 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx", "trt"])
+def test_export_quant_int4_writes_a_verified_engine_that_records_its_quantization(tiny_tied, tmp_path, target):
+    from click.testing import CliRunner
+
+    from llamaport.cli import main
+    from llamaport.enginedir import read_manifest
+
+    folder = tiny_tied
+    out = tmp_path / target
+    result = CliRunner().invoke(main, ["export", str(folder), "-o", str(out), "--target", target, "--max-seq", "16",
+                                       "--quant", "int4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    assert manifest.quantization["bits"] == 4 and manifest.quantization["method"] == "rtn"
+    assert manifest.quantization["symmetric"] is (target == "trt")  # TensorRT's int4 path is symmetric only
+    assert manifest.verification["passed"]
+
+
+def test_export_quant_int4_refuses_an_asymmetric_request_for_tensorrt_before_writing(tiny_tied, tmp_path):
+    from llamaport.exporter import ExportOptions, export_engine
+
+    folder = tiny_tied
+    with pytest.raises(LlamaportError, match="symmetric"):
+        export_engine(folder, tmp_path / "e", ExportOptions(target="trt", max_seq=16, quiet=True,
+                                                            quant=QuantSpec(symmetric=False)))
+    assert not (tmp_path / "e").exists()

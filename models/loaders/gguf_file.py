@@ -152,7 +152,7 @@ def read_gguf(path: Path) -> Checkpoint:
             w = interleaved_to_half(w, config.num_attention_heads)
         elif name.endswith("attn_k.weight"):
             w = interleaved_to_half(w, config.num_key_value_heads)
-        # torch-owned memory (a transient per-tensor copy) that the exporter can free early (see release_weights)
+        # torch-owned memory: a per-tensor copy, freed as soon as the exporter has written it
         return torch.tensor(w)
 
     def index() -> dict[str, Callable[[], torch.Tensor]]:
