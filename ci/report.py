@@ -22,6 +22,8 @@ from .spec import LOWER_IS_BETTER, SPEED_METRICS, BaselinePolicy
 FORMAT = "llamaport-pipeline-report"
 VERSION = 1
 REPORT, MARKDOWN, CHART = "report.json", "report.md", "chart.png"
+ENGINES, ENTRIES, EXPORTS = "engines", "entries", "exports"  # per-entry folders of `pipeline run`'s output
+PIPELINE_NAMES = frozenset({REPORT, MARKDOWN, CHART, ENGINES, ENTRIES, EXPORTS})
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -161,6 +163,20 @@ def merge_reports(folders: list[Path], out: Path | None, baseline: dict | None =
 
 
 # ------------------------------------------------------------------------------------------------------ writing
+def claim_output(out: Path) -> None:
+    """Refuse an -o folder holding anything the pipeline does not write (its report.md or chart.png would be
+    replaced, or a user's file mixed with engines); a folder with only the pipeline's own names is reused, which
+    is also what a CI cache restores (engines/, entries/)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlamaportError(f"{out} exists and is not a folder; choose another -o path")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in PIPELINE_NAMES) if out.is_dir() else []
+    if foreign:
+        raise LlamaportError(f"{out} holds {', '.join(foreign[:3])}, which the pipeline did not write; choose an "
+                             "empty or new -o folder (or one an earlier pipeline run wrote)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def write_report(report: dict, out: Path) -> None:
     """report.json, report.md and (with matplotlib) chart.png into `out`, each written atomically."""
     out = Path(out)

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from llamaport.errors import LlamaportError
 
 from . import cache
-from .report import build_report, load_report, machine, write_atomic, write_report
+from .report import (ENGINES, ENTRIES, EXPORTS, build_report, claim_output, load_report, machine, write_atomic,
+                     write_report)
 from .spec import BenchSettings, CheckSettings, Device, Entry, PipelineSpec, Runner
 
-ENGINES, ENTRIES, EXPORTS = "engines", "entries", "exports"  # exports/: ONNX exports TensorRT builds from
 Say = Callable[[str], None]
 
 
@@ -246,11 +246,10 @@ def run_pipeline(spec: PipelineSpec, out: str | Path, names: list[str] | None = 
         raise LlamaportError(f"--jobs must be at least 1, got {jobs}")
     entries = spec.select(names)
     baseline_report = load_report(Path(baseline)) if baseline else None
-    if out.exists() and not out.is_dir():
-        raise LlamaportError(f"{out} exists and is not a folder; choose another -o path")
     skipped = {e.name: reason for e in entries if (reason := unmet_requirement(e))}
     runnable = [e for e in entries if e.name not in skipped]
     digests = cache.resolve_sources(list({e.source.name: e.source for e in runnable}.values()), spec.path, True)
+    claim_output(out)  # after every check that needs no writing, so a refused run creates nothing
     threads = None
     if jobs > 1:
         from llamaport.runtime.backends.onnxruntime_backend import physical_cores

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import signal
 import tempfile
 import threading
@@ -103,7 +104,13 @@ def check_output(out: str | Path, overwrite: bool = False, flag: str = "-o",
     return out
 
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.(?P<kind>partial|old)$")
+# `.NAME.HOST-PID.XXXXXXXX.partial|old`: the host, so a folder shared between machines (NFS, a CI cache) never
+# has another machine's live output judged by this machine's process table. Names without a host are local.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:(?P<host>[A-Za-z0-9-]+?)-)?(?P<pid>\d+)\.[a-z0-9_]{8}\.(?P<kind>partial|old)$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 
 
 def _alive(pid: int) -> bool:
@@ -132,7 +139,7 @@ def remove_stale(out: Path) -> list[Path]:
         match = _TEMP.match(path.name)
         if not match or match["name"] != out.name or not path.is_dir() or path.is_symlink():
             continue
-        if _alive(int(match["pid"])):
+        if (match["host"] is not None and match["host"] != _host()) or _alive(int(match["pid"])):
             continue
         previous = path / out.name
         if match["kind"] == "old" and previous.is_dir() and not out.exists():
@@ -150,14 +157,16 @@ def _terminate_like_ctrl_c() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in _TERMINATING_SIGNALS}
+    # A signal the user set to be ignored stays ignored (`nohup llamaport export ...` must survive a hang-up).
+    previous = {sig: signal.getsignal(sig) for sig in _TERMINATING_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
 
     def handler(signum, _frame):
-        for sig in _TERMINATING_SIGNALS:
+        for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         raise Terminated(f"{signal.Signals(signum).name}: stopped; nothing was written")
 
-    for sig in _TERMINATING_SIGNALS:
+    for sig in previous:
         signal.signal(sig, handler)
     try:
         yield
@@ -167,7 +176,7 @@ def _terminate_like_ctrl_c() -> Iterator[None]:
 
 
 def _make_temp(parent: Path, name: str, kind: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=f".{kind}", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{_host()}-{os.getpid()}.", suffix=f".{kind}", dir=parent))
 
 
 @contextlib.contextmanager

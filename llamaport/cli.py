@@ -531,10 +531,11 @@ def pipeline_report(folders, out, baseline):
     """Merge the reports of `pipeline run` in FOLDERS (one per CI runner) into one; exit 1 when a gate fails."""
     from pathlib import Path
 
-    from llamaport.ci.report import load_report, merge_reports, write_report
+    from llamaport.ci.report import claim_output, load_report, merge_reports, write_report
 
     base = load_report(Path(baseline)) if baseline else None
     report = merge_reports([Path(f) for f in folders], Path(out), base, baseline)
+    claim_output(Path(out))
     write_report(report, Path(out))
     _pipeline_verdict(report, out)
 

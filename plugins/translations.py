@@ -60,11 +60,16 @@ class _PerGraph:
         return self.values[key]
 
 
+def heads_first(x, num_heads: int, head_dim: int):
+    """(B, S, H*D) -> (B, H, S, D): the layout ONNX's Attention/RotaryEmbedding and TensorRT's ops take."""
+    return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, num_heads, head_dim])), perm=[0, 2, 1, 3])
+
+
 def onnx_standard(heads: Heads):
     h, kv, d = heads.num_heads, heads.num_kv_heads, heads.head_dim
 
-    def to_heads(x, n):  # (B, S, n*D) -> (B, n, S, D)
-        return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, n, d])), perm=[0, 2, 1, 3])
+    def to_heads(x, n):
+        return heads_first(x, n, d)
 
     shared = _PerGraph()
 

@@ -28,7 +28,7 @@ import math
 from onnxscript import values
 
 from .schemas import TRT_DOMAIN, register
-from .translations import ONNX_OPSET, Heads, _PerGraph, _seq_len
+from .translations import ONNX_OPSET, Heads, _PerGraph, _seq_len, heads_first
 
 register()
 op = values.Opset("", ONNX_OPSET)
@@ -40,8 +40,8 @@ PADDED = "padded_bhnd"  # (B, H, N, D) tensors: both ops' default form, spelled 
 def tensorrt_native(heads: Heads):
     h, kv, d = heads.num_heads, heads.num_kv_heads, heads.head_dim
 
-    def to_heads(x, n):  # (B, S, n*D) -> (B, n, S, D)
-        return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, n, d])), perm=[0, 2, 1, 3])
+    def to_heads(x, n):
+        return heads_first(x, n, d)
 
     shared = _PerGraph()
 

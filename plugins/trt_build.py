@@ -309,7 +309,7 @@ def build_engine(export_dir: str | Path, out: str | Path, options: BuildOptions 
     from llamaport.gpu import compute_capability
 
     source = enginedir.read_manifest(plan.export_dir)
-    with atomic_output_dir(out, options.overwrite) as tmp:
+    with atomic_output_dir(out, options.overwrite, sources=[plan.export_dir]) as tmp:
         for name in plan.copy_files:
             _link_or_copy(plan.export_dir / name, tmp / name)
         _build_with_polygraphy(plan, tmp / enginedir.TRT_ENGINE)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llamaport.enginedir import GRAPH, DType
 from llamaport.errors import LlamaportError
 
 from . import validate
@@ -61,7 +62,7 @@ def _reduce_sum_model() -> bytes:
 
 
 def weight_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    return sum(p.stat().st_size for p in folder.glob(f"{GRAPH}*"))
 
 
 def kv_bytes_per_token(config: dict, context: float, dtype_size: int) -> float:
@@ -120,7 +121,7 @@ def run_bench(engine: Engine, folder: Path, prompt_len: int = 128, new_tokens: i
         bandwidth, weights, dtype_size = cuda_copy_bandwidth(), engine.backend.weight_bytes(), engine.backend.dtype_size
     else:
         bandwidth = _bandwidth(threads)
-        dtype_size = 2 if (engine.manifest or {}).get("dtype") in ("fp16", "bf16") else 4
+        dtype_size = 2 if (engine.manifest or {}).get("dtype") in (DType.FP16, DType.BF16) else 4
         weights = weight_bytes(folder)
     per_step = weights + kv_bytes_per_token(engine.config, prompt_len + new_tokens / 2, dtype_size) * batch
     achieved = per_step * decode_steps_per_s

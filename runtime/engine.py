@@ -103,7 +103,9 @@ class Engine:
         is_engine = (path / MANIFEST).exists() or (path / enginedir.GRAPH).exists()
         if kind is BackendName.EAGER or (kind is BackendName.AUTO and not is_engine):
             return cls._open_eager(path, max_seq, device, kernels)
-        if kernels != "reference":  # the Triton kernels replace the eager model's attention only
+        from llamaport.plugins.kernels import Kernels  # the enum alone: no torch
+
+        if Kernels.parse(kernels) is not Kernels.REFERENCE:  # the Triton kernels replace eager attention only
             raise LlamaportError(f"--kernels {kernels} needs --backend eager (the {backend} backend runs its own graph)")
         manifest = enginedir.open_engine_dir(path, verify=verify)
         if manifest.task is not Task.CAUSAL_LM:

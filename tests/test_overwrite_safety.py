@@ -102,8 +102,12 @@ def test_sigterm_during_export_leaves_nothing_behind(tiny_engine, tmp_path):
 def test_stale_partial_folders_of_dead_runs_are_removed_and_others_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now belongs to no process
-    stale = [tmp_path / f".e.{dead.pid}.abcd_123.partial", tmp_path / f".e.{dead.pid}.zzzzzzzz.old"]
+    from llamaport.atomic import _host
+
+    stale = [tmp_path / f".e.{dead.pid}.abcd_123.partial", tmp_path / f".e.{dead.pid}.zzzzzzzz.old",
+             tmp_path / f".e.{_host()}-{dead.pid}.abcdefgh.partial"]
     kept = [tmp_path / f".e.{os.getppid()}.abcdefgh.partial",  # a live process may still be writing it
+            tmp_path / f".e.other-machine-{dead.pid}.abcdefgh.partial",  # a shared folder: that pid is not ours
             tmp_path / f".f.{dead.pid}.abcdefgh.partial",  # another output's
             tmp_path / ".e.backup"]  # not our pattern
     for folder in stale + kept:
@@ -121,3 +125,14 @@ def test_sigterm_handler_is_restored_after_the_output_is_written(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is not before
         (tmp / "x").write_text("x")
     assert signal.getsignal(signal.SIGTERM) is before and (tmp_path / "out" / "x").exists()
+
+
+def test_an_ignored_hangup_stays_ignored_so_nohup_exports_survive(tmp_path):
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            os.kill(os.getpid(), signal.SIGHUP)  # would raise Terminated if the handler had replaced SIG_IGN
+            (tmp / "x").write_text("x")
+        assert (tmp_path / "out" / "x").exists() and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

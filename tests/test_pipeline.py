@@ -305,3 +305,17 @@ def test_github_workflow_parses_and_runs_only_llamaport_commands_that_exist():
         options = {opt for p in command.params for opt in p.opts}
         flags = [w.split("=")[0] for w in words[2:] if w.startswith("-")]
         assert set(flags) <= options, (words, options)
+
+
+def test_pipeline_output_folder_holding_a_users_files_is_refused_and_kept(tmp_path):
+    from llamaport.ci.report import claim_output
+    from llamaport.errors import LlamaportError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(LlamaportError, match="notes.txt, which the pipeline did not write"):
+        claim_output(folder)
+    assert (folder / "notes.txt").read_text() == "my notes"
+    claim_output(tmp_path / "fresh")  # new folders are taken and marked, so a rerun may write there again
+    claim_output(tmp_path / "fresh")

@@ -32,7 +32,8 @@ from llamaport.errors import LlamaportError, MissingDependency
 from llamaport.gpu import TENSORRT_INSTALL_HINT as INSTALL_HINT
 
 PREFILL, DECODE = 0, 1  # optimization profile indices, in plugins/trt_build.profiles_for's order
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+# Cache buffers are only zeroed and bound, never read on the host, so bf16 travels as its 2-byte container.
+_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64, "int32": np.int32}
 
 
 # ------------------------------------------------------------------------------------------------ pure checks
@@ -159,7 +160,7 @@ class TensorRTBackend:
             self.contexts.append(context)
         self.manifest = manifest
         self.max_seq, self.max_batch = manifest["max_seq"], manifest["max_batch"]
-        self.all_logits = manifest.get("logits") == "all"
+        self.all_logits = enginedir.LogitsMode(manifest["logits"]) is enginedir.LogitsMode.ALL
         self.vocab_size = manifest["config"]["vocab_size"]
         self.inputs = {i["name"]: i for i in manifest["inputs"]}
         self.cache_names = [n for n in self.inputs if enginedir.is_past_name(n)]
@@ -178,6 +179,7 @@ class TensorRTBackend:
                                  "rebuild with a larger one")
         if batch == self.batch:
             return  # stale cache entries are never read: attention stops at each row's length
+        self._free_buffers()
         self.graphs: dict[tuple, _CudaGraph | None] = {}
         self.buffers = {}
         for name in self.cache_names:  # (B, H_kv, S_max, D), bound as past.* and present.*
@@ -196,6 +198,25 @@ class TensorRTBackend:
                 context.set_tensor_address(enginedir.present_for(name), self.buffers[name].ptr)
                 context.set_input_shape(name, self.buffers[name].shape)
         self.batch = batch
+
+    def _free_buffers(self) -> None:
+        """Polygraphy's DeviceArray frees its memory only on .free() (it has no finalizer): without this each new
+        batch size would keep the previous caches on the GPU."""
+        if getattr(self, "buffers", None):
+            self.stream.synchronize()
+            for buffer in self.buffers.values():
+                buffer.free()
+        self.buffers, self.graphs, self.batch = {}, {}, None
+
+    def close(self) -> None:
+        """Free the device buffers now (they are also freed when the backend is garbage collected)."""
+        self._free_buffers()
+
+    def __del__(self):
+        try:
+            self._free_buffers()
+        except Exception:  # interpreter shutdown: CUDA may already be gone
+            pass
 
     # -- calls
     def _upload(self, name: str, host: np.ndarray) -> None:
