@@ -110,6 +110,10 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
     """
     check_export_options(src, options)  # cheap checks before any weight is read
     options = resolve_options(options)
+    if options.verify and options.task is Task.CAUSAL_LM and options.dtype is DType.BF16:
+        # Refused before minutes of tracing and writing: NumPy has no bf16, and ONNX Runtime's CPU kernels none.
+        raise LlamaportError("--dtype bf16: ONNX Runtime on the CPU cannot run it to verify; pass --skip-verify "
+                             "(and check the engine on the GPU it is built for)")
     progress = _Progress(options.quiet)
     checkpoint = read_checkpoint(src)
     checkpoint.require_weights()

@@ -152,3 +152,13 @@ def test_smollm2_exports_and_verifies(target, smollm_engine):
     verification = manifest["verification"]
     assert verification["passed"] and verification["max_abs_logit_diff"] <= 2e-4  # measured 5e-5 (onnx), 1.1e-4 (ort)
     assert {"tokenizer.json", "chat_template.jinja"} <= set(manifest["files"])
+
+
+def test_bf16_export_with_verification_is_refused_before_any_work(tmp_path):
+    from llamaport.errors import LlamaportError
+
+    folder = tmp_path / "src"
+    save_hf_model(folder, "gqa")
+    with pytest.raises(LlamaportError, match="--skip-verify"):
+        export_engine(folder, tmp_path / "e", ExportOptions(dtype="bf16", max_seq=16, quiet=True))
+    assert not (tmp_path / "e").exists()
