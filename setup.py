@@ -53,6 +53,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
+    package_data={"llamaport.exporter": ["calibration.txt"]},  # GPTQ's built-in calibration text
     install_requires=RUNTIME,
     extras_require={"export": EXPORT, "tensorrt": TENSORRT, "cuda": CUDA, "plot": PLOT, "dev": DEV},
     entry_points={"console_scripts": ["llamaport=llamaport.cli:main"]},
