@@ -114,6 +114,8 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
         # Refused before minutes of tracing and writing: NumPy has no bf16, and ONNX Runtime's CPU kernels none.
         raise LlamaportError("--dtype bf16: ONNX Runtime on the CPU cannot run it to verify; pass --skip-verify "
                              "(and check the engine on the GPU it is built for)")
+    if options.quant is not None and options.task is not Task.CAUSAL_LM:
+        raise LlamaportError(f"--quant int4 quantizes causal-lm engines only; drop --quant for --task {options.task}")
     progress = _Progress(options.quiet)
     checkpoint = read_checkpoint(src)
     checkpoint.require_weights()

@@ -346,3 +346,12 @@ def test_export_quant_int4_refuses_an_asymmetric_request_for_tensorrt_before_wri
         export_engine(folder, tmp_path / "e", ExportOptions(target="trt", max_seq=16, quiet=True,
                                                             quant=QuantSpec(symmetric=False)))
     assert not (tmp_path / "e").exists()
+
+
+def test_export_quant_int4_of_a_classifier_is_refused_naming_the_task(tiny_tied, tmp_path):
+    from llamaport.exporter import ExportOptions, export_engine
+
+    with pytest.raises(LlamaportError, match="--task sequence-classification"):
+        export_engine(tiny_tied, tmp_path / "e", ExportOptions(task="sequence-classification", max_seq=16,
+                                                               quiet=True, quant=QuantSpec()))
+    assert not (tmp_path / "e").exists()
