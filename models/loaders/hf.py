@@ -9,18 +9,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..config import LlamaConfig
+from llamaport.enginedir import TOKENIZER_FILES  # the tokenizer files a model folder and an engine dir carry
 from llamaport.errors import CheckpointError
+
+from ..config import LlamaConfig
 from .checkpoint import Checkpoint
 
-TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 
 
 def is_hf_folder(path: Path) -> bool:
