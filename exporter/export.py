@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from llamaport.atomic import atomic_output_dir
-from llamaport.enginedir import GRAPH, DType, LogitsMode, Target, Task, parse
+from llamaport.enginedir import GRAPH, DType, LogitsMode, Manifest, Target, Task, parse, save_manifest
 from llamaport.errors import LlamaportError
 from llamaport.export_options import check_export_options
 from llamaport.models import read_checkpoint
@@ -19,7 +19,7 @@ from llamaport.models.llama import LlamaForCausalLM, LlamaForSequenceClassificat
 from llamaport.plugins.ops import use_plugin_attention
 
 from .graph import GraphSpec, fake_model, trace_graph, write_graph
-from .manifest import write_manifest
+from .manifest import draft_manifest
 from .quant import QuantSpec
 from .verify import Schedule, accuracy_dict, verify_export
 from .weights import parameter_sources
@@ -86,17 +86,16 @@ def _write(traced, path: Path, target: str, layers: int, progress: _Progress) ->
         bar.update(bar.total - bar.n)
 
 
-def _verify(path: Path, options: ExportOptions, checkpoint, schedule: Schedule, progress: _Progress,
-            quantization: dict | None) -> dict:
-    """Graph vs eager; for a quantized graph the eager model runs the same dequantized weights (`checkpoint`)."""
+def _verify(folder: Path, draft: Manifest, checkpoint, schedule: Schedule, progress: _Progress) -> dict:
+    """Engine vs eager; for a quantized engine the eager model runs the same dequantized weights (`checkpoint`)."""
     with progress.bar("verify", checkpoint.config.num_hidden_layers + 1) as bar:
-        result = verify_export(path, options.target, checkpoint, options.dtype, schedule, options.max_seq,
-                               lambda stage: (bar.set_postfix_str(stage), bar.update(1)), quantization)
+        result = verify_export(folder, draft, checkpoint, schedule,
+                               lambda stage: (bar.set_postfix_str(stage), bar.update(1)))
     if not result.passed:
         raise LlamaportError(
             f"export verification failed: max |logit diff| {result.max_abs_logit_diff:.3g} "
             f"(tolerance {result.tolerance:g}), top-1 agreement {result.top1_agreement:.3f} against "
-            f"{'its dequantized ' if quantization else 'fp32 '}eager reference; nothing was written"
+            f"{'its dequantized ' if draft.quantization else 'fp32 '}eager reference; nothing was written"
         )
     return accuracy_dict(result)
 
@@ -139,16 +138,16 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
         _write(traced, tmp / GRAPH, options.target, config.num_hidden_layers, progress)
         del traced
         gc.collect()
+        for name, content in checkpoint.tokenizer_files.items():
+            (tmp / name).write_bytes(content)
+        draft = draft_manifest(
+            tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
+            task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
+            logits=options.logits, tokenizer=checkpoint.tokenizer_kind, quantization=quantization,
+        )
         accuracy = None
         if options.verify and options.task is Task.CAUSAL_LM:
             schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
-            accuracy = _verify(tmp / GRAPH, options, reference, schedule, progress, quantization)
-        for name, content in checkpoint.tokenizer_files.items():
-            (tmp / name).write_bytes(content)
-        manifest = write_manifest(
-            tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
-            task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
-            logits=options.logits, tokenizer=checkpoint.tokenizer_kind, accuracy=accuracy,
-            quantization=quantization,
-        )
+            accuracy = _verify(tmp, draft, reference, schedule, progress)
+        manifest = save_manifest(draft, verification=accuracy)
     return manifest

@@ -1,7 +1,7 @@
 """The exporter's side of `manifest.json`: the graph's I/O signature (needs onnx) and producer versions.
 
 The format itself (schema, version, validation, writing) belongs to `llamaport.enginedir`; this module adds only
-what needs onnx or the export environment, and keeps the `write_manifest` signature the exporter calls.
+what needs onnx or the export environment.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def io_signature(model_path: Path) -> dict:
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def write_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int,
-                   max_batch: int, logits: str, tokenizer: str | None, accuracy: dict | None,
-                   quantization: dict | None = None) -> dict:
-    """Write `folder`/manifest.json through `enginedir.write_manifest`, with the signature of `folder`/model.onnx."""
-    return enginedir.write_manifest(
+def draft_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int,
+                   max_batch: int, logits: str, tokenizer: str | None,
+                   quantization: dict | None = None) -> enginedir.Manifest:
+    """`folder`'s manifest, not yet written, with the signature of `folder`/model.onnx (enginedir.draft_manifest)."""
+    return enginedir.draft_manifest(
         folder, source=source, config=config, target=target, task=task, dtype=dtype, max_seq=max_seq,
         max_batch=max_batch, logits=logits, tokenizer=tokenizer, **io_signature(Path(folder) / GRAPH),
-        producer={name: _version(name) for name in PRODUCERS}, verification=accuracy,
-        quantization=quantization,
+        producer={name: _version(name) for name in PRODUCERS}, verification=None, quantization=quantization,
     )
+

@@ -1,11 +1,12 @@
-"""Run an exported graph against the eager model on a prefill plus decode steps, and measure the difference.
+"""Run an exported engine against the eager model on a prefill plus decode steps, and measure the difference.
 
 The schedule is a batch of right-padded prompts of different lengths, then `steps` single-token decode steps
-whose tokens are the graph's greedy picks (fed to both, so one disagreement cannot snowball). The graph runs
-first from the written files; the fp32 eager reference then runs layer by layer (exporter/reference.py), so
-verification never holds the fp32 model.
-`onnx`/`ort` graphs run in ONNX Runtime; `trt` graphs in `onnx.reference.ReferenceEvaluator` with the plugins'
-NumPy kernels, since TensorRT itself is not needed to check the graph's semantics.
+whose tokens are the engine's greedy picks (fed to both, so one disagreement cannot snowball). The engine runs
+first, through the runtime's own backend and generation loop (`open_graph`, `graph_greedy`), from the written
+files; the fp32 eager reference then runs layer by layer (exporter/reference.py), so verification never holds
+the fp32 model. `onnx`/`ort` engines run in ONNX Runtime with one copy of the weights (the backend's low-memory
+session); TensorRT targets run in `onnx.reference.ReferenceEvaluator` with the plugins' NumPy kernels, since
+TensorRT itself is not needed to check the graph's semantics.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from llamaport.models import LlamaConfig
-from llamaport.enginedir import (INPUT_IDS, INPUT_LENGTHS, LOGITS, PAST_LENGTHS, cache_names, present_for,
-                                 thresholds)
+from llamaport.enginedir import (GRAPH, INPUT_IDS, INPUT_LENGTHS, LOGITS, PAST_LENGTHS, BackendName, DType,
+                                 LogitsMode, Manifest, cache_names, present_for, thresholds)
 from llamaport.errors import LlamaportError
+from llamaport.models import LlamaConfig
 from llamaport.models.loaders.checkpoint import Checkpoint
+from llamaport.runtime.backends import Backend, open_backend
+from llamaport.runtime.generate import Generation
+from llamaport.runtime.sampling import SamplingParams
 
 from .reference import layerwise_logits, schedule_steps
 
 # Tolerances: the one threshold table, llamaport.enginedir.THRESHOLDS (verify_* fields), shared with `check`.
-NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
 @dataclass
@@ -85,68 +88,84 @@ def eager_logits(model, schedule: Schedule, max_seq: int) -> tuple[list[np.ndarr
     return logits_steps, tokens
 
 
-def graph_logits(run: Callable[[dict], dict], config: LlamaConfig, schedule: Schedule, tokens: list[np.ndarray] | None,
-                 max_seq: int, dtype: str) -> list[np.ndarray]:
-    """The same schedule through a graph runner (feeds dict -> outputs dict by name).
+class ReferenceEvaluatorBackend:
+    """A TensorRT-target engine's graph run by `onnx.reference` with the plugins' NumPy kernels, behind the
+    runtime's Backend interface (reset/forward); the caches go through the graph's feeds and outputs."""
 
-    `tokens[step]` (B,) is fed after step `step`; None feeds the graph's own greedy picks (see `graph_greedy`).
-    """
-    return graph_greedy(run, config, schedule, max_seq, dtype, tokens)[0]
+    name = "onnx-reference"
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        from llamaport.plugins.reference_numpy import REFERENCE_OPS
+        from llamaport.plugins.reference_trt_native import REFERENCE_OPS as TRT_NATIVE_OPS
+
+        self.evaluator = ReferenceEvaluator(onnx.load(str(folder / GRAPH)), new_ops=[*REFERENCE_OPS, *TRT_NATIVE_OPS])
+        self.manifest, self.max_seq, self.max_batch = manifest, manifest.max_seq, manifest.max_batch
+        self.caches: dict[str, np.ndarray] = {}
+
+    def reset(self, batch: int) -> None:
+        m = self.manifest
+        shape = (batch, m.num_key_value_heads, m.max_seq, m.head_dim)  # (B, H_kv, S_max, D)
+        self.caches = {name: np.zeros(shape, m.dtype.numpy_name) for name in cache_names(m.num_layers)}
+
+    def forward(self, input_ids: np.ndarray, past_lengths: np.ndarray, input_lengths: np.ndarray) -> np.ndarray:
+        feeds = {INPUT_IDS: input_ids, PAST_LENGTHS: past_lengths, INPUT_LENGTHS: input_lengths, **self.caches}
+        wanted = set(self.evaluator.input_names)
+        outputs = dict(zip(self.evaluator.output_names,
+                           self.evaluator.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+        self.caches = {name: outputs[present_for(name)] for name in self.caches}
+        logits = np.asarray(outputs[LOGITS], dtype=np.float32)  # (B, 1, V), or (B, S, V) for --logits all
+        if self.manifest.logits is LogitsMode.ALL:
+            return logits[np.arange(len(input_lengths)), np.asarray(input_lengths) - 1]
+        return logits[:, -1]
 
 
-def graph_greedy(run: Callable[[dict], dict], config: LlamaConfig, schedule: Schedule, max_seq: int, dtype: str,
-                 tokens: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per step: the graph's last-token logits (B, V), and the tokens (B,) fed after each step but the last."""
+def open_graph(folder: Path, manifest: Manifest) -> Backend:
+    """The engine at `folder` behind the runtime's Backend interface, as verification runs it."""
+    from llamaport.plugins.translations import REFERENCE_TARGETS
+
+    if manifest.target in REFERENCE_TARGETS:
+        return ReferenceEvaluatorBackend(folder, manifest)
+    return open_backend(folder, manifest, BackendName.ONNXRUNTIME, low_memory=True)
+
+
+class _Recorder:
+    """A backend that keeps a copy of every forward's last-token logits (B, V)."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.logits = backend, []
+        self.name, self.max_seq, self.max_batch = backend.name, backend.max_seq, backend.max_batch
+
+    def reset(self, batch: int) -> None:
+        self.backend.reset(batch)
+
+    def forward(self, input_ids, past_lengths, input_lengths) -> np.ndarray:
+        logits = self.backend.forward(input_ids, past_lengths, input_lengths)
+        self.logits.append(np.array(logits, dtype=np.float32))  # backends reuse their output buffer
+        return logits
+
+
+def graph_greedy(backend: Backend, schedule: Schedule) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The runtime's greedy generation over the schedule: per step the logits (B, V), and the tokens (B,) fed
+    after each step but the last."""
+    recorder = _Recorder(backend)
+    params = SamplingParams(max_new_tokens=schedule.steps + 1, ignore_eos=True)
+    fed = [np.array(tokens, dtype=np.int64) for tokens in Generation(recorder, schedule.prompts, params, eos_ids=[])]
+    return recorder.logits, fed[: schedule.steps]
+
+
+def graph_logits(backend: Backend, schedule: Schedule, tokens: list[np.ndarray]) -> list[np.ndarray]:
+    """The schedule through `backend` with `tokens[step]` (B,) fed after each step (teacher forcing)."""
     ids, lengths = _right_pad(schedule.prompts)
-    batch = len(schedule.prompts)
-    shape = (batch, config.num_key_value_heads, max_seq, config.head_dim)
-    caches = cache_names(config.num_hidden_layers)
-    feeds = {INPUT_IDS: ids, PAST_LENGTHS: np.zeros(batch, np.int64), INPUT_LENGTHS: lengths,
-             **{name: np.zeros(shape, NP_DTYPES[dtype]) for name in caches}}
-    results, fed = [], []
-    for step in range(schedule.steps + 1):
-        outputs = run(feeds)
-        results.append(np.asarray(outputs[LOGITS])[:, -1].astype(np.float32))
-        if step == schedule.steps:
-            break
-        fed.append(results[-1].argmax(-1) if tokens is None else tokens[step])
-        feeds[PAST_LENGTHS] = feeds[PAST_LENGTHS] + feeds[INPUT_LENGTHS]
-        feeds[INPUT_IDS] = fed[-1][:, None].astype(np.int64)
-        feeds[INPUT_LENGTHS] = np.ones(batch, np.int64)
-        for name in caches:
-            feeds[name] = outputs[present_for(name)]
-    return results, fed
-
-
-def onnxruntime_runner(path: Path) -> Callable[[dict], dict]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # TensorScatter warns when it cannot work in place; plain run() never can
-    # Prepacked MatMul weights are a second copy of the model; a few verification steps do not need the speed.
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    # Without the arena, each step's temporaries go back to the system when freed instead of staying reserved.
-    options.enable_cpu_mem_arena = False
-    # An fp16 graph on the CPU costs ONNX Runtime an fp32 copy of every weight (no fp16 MatMul here): 2x the
-    # engine. Measured on a 2.2 GB TinyLlama-shaped engine: 4.4 GB at every optimization level (the basic level
-    # keeps the fp16 file mapped and casts at run time, which peaks higher still: 6 GB).
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    return lambda feeds: dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
-
-
-def reference_runner(path: Path) -> Callable[[dict], dict]:
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    from llamaport.plugins.reference_numpy import REFERENCE_OPS
-    from llamaport.plugins.reference_trt_native import REFERENCE_OPS as TRT_NATIVE_OPS
-
-    evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=[*REFERENCE_OPS, *TRT_NATIVE_OPS])
-    names = evaluator.output_names
-    wanted = set(evaluator.input_names)
-    return lambda feeds: dict(zip(names, evaluator.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+    backend.reset(len(lengths))
+    results = [np.array(backend.forward(ids, np.zeros_like(lengths), lengths), dtype=np.float32)]
+    past, ones = lengths.copy(), np.ones_like(lengths)
+    for token in tokens[: schedule.steps]:
+        results.append(np.array(backend.forward(np.asarray(token, np.int64)[:, None], past, ones), dtype=np.float32))
+        past = past + 1
+    return results
 
 
 def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backend: str,
@@ -164,30 +183,28 @@ def compare(expected: list[np.ndarray], got: list[np.ndarray], dtype: str, backe
                     expected[0].shape[0], backend, tolerance, passed)
 
 
-def verify_export(path: Path, target: str, checkpoint: Checkpoint, dtype: str, schedule: Schedule, max_seq: int,
-                  progress: Callable[[str], None] | None = None, quantization: dict | None = None) -> Accuracy:
-    """Run the written graph over the schedule, then the fp32 eager reference layer by layer, and compare.
+def verify_export(folder: Path, manifest: Manifest, checkpoint: Checkpoint, schedule: Schedule,
+                  progress: Callable[[str], None] | None = None) -> Accuracy:
+    """Run the engine at `folder` (described by `manifest`, written or draft) over the schedule, then the fp32 eager
+    reference layer by layer, and compare.
 
-    The graph runs first and alone (one copy of the weights: the engine's), feeding its own greedy tokens; its
-    session is closed before the reference loads its first layer. The reference is fed the same tokens (teacher
-    forcing), so both see identical inputs at every step. `progress(stage)` after the graph and after each layer.
+    The engine runs first and alone (one copy of the weights: the engine's), feeding its own greedy tokens; it is
+    closed before the reference loads its first layer. The reference is fed the same tokens (teacher forcing), so
+    both see identical inputs at every step. `progress(stage)` after the engine and after each layer.
     """
-    if dtype not in NP_DTYPES:
-        raise LlamaportError(f"--dtype {dtype}: ONNX Runtime on the CPU cannot run it to verify; pass --skip-verify")
-    config = checkpoint.config
-    from llamaport.plugins.translations import REFERENCE_TARGETS
-
-    reference = target in REFERENCE_TARGETS  # TensorRT graphs: their custom ops run as NumPy kernels
-    backend = "onnx-reference" if reference else "onnxruntime"
-    run = reference_runner(path) if reference else onnxruntime_runner(path)
-    got, tokens = graph_greedy(run, config, schedule, max_seq, dtype)
-    del run
+    if manifest.dtype not in (DType.FP32, DType.FP16):
+        raise LlamaportError(f"--dtype {manifest.dtype}: ONNX Runtime on the CPU cannot run it to verify; pass "
+                             "--skip-verify")
+    backend = open_graph(folder, manifest)
+    name = backend.name
+    got, tokens = graph_greedy(backend, schedule)
+    del backend
     gc.collect()
     if progress is not None:
         progress("graph")
-    expected = layerwise_logits(checkpoint, schedule_steps(schedule.prompts, tokens), max_seq,
+    expected = layerwise_logits(checkpoint, schedule_steps(schedule.prompts, tokens), manifest.max_seq,
                                 None if progress is None else lambda: progress("reference"))
-    return compare(expected, got, dtype, backend, quantization)
+    return compare(expected, got, manifest.dtype, name, manifest.quantization)
 
 
 def accuracy_dict(accuracy: Accuracy) -> dict:

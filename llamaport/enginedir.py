@@ -497,17 +497,27 @@ def file_records(folder: Path) -> dict[str, dict]:
             for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST}
 
 
-def write_manifest(folder: str | Path, **fields: Any) -> dict:
-    """Write `folder`/manifest.json recording every file now in `folder`; returns the JSON object.
+def draft_manifest(folder: str | Path, **fields: Any) -> Manifest:
+    """The manifest of `folder` recording every file now in it, validated but not yet written.
 
-    `fields` are manifest_dict's, less `files`. What is written is read back through the validating reader, so an
-    exporter cannot write a manifest the runtime would refuse.
+    `fields` are manifest_dict's, less `files`. Export opens its engine through the runtime with the draft (to
+    verify it) before `save_manifest` writes it with the result.
     """
     folder = Path(folder)
-    manifest = manifest_dict(**fields, files=file_records(folder))
-    parse_manifest(json.loads(json.dumps(manifest)), folder / MANIFEST)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    data = manifest_dict(**fields, files=file_records(folder))
+    return parse_manifest(json.loads(json.dumps(data)), folder / MANIFEST)
+
+
+def save_manifest(draft: Manifest, **updates: Any) -> dict:
+    """Write `draft` (with top-level `updates`, e.g. verification=...) to its path; returns the JSON object.
+
+    What is written is read back through the validating reader, so an exporter cannot write a manifest the runtime
+    would refuse.
+    """
+    data = {**draft.data, **updates}
+    parse_manifest(json.loads(json.dumps(data)), draft.path)
+    draft.path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------- directory

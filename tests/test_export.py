@@ -12,7 +12,8 @@ from tiny import save_hf_model
 
 from llamaport.cli import main
 from llamaport.exporter import ExportOptions, export_engine
-from llamaport.exporter.verify import Schedule, eager_logits, graph_logits, onnxruntime_runner, reference_runner
+from llamaport.enginedir import read_manifest
+from llamaport.exporter.verify import Schedule, eager_logits, graph_logits, open_graph
 from llamaport.models import load_model
 
 TARGET_OPS = {"onnx": {"Attention", "TensorScatter", "RotaryEmbedding"}, "ort": {"GroupQueryAttention"},
@@ -34,11 +35,9 @@ def test_fp32_graph_matches_eager_over_prefill_and_16_decode_steps(variant, targ
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
     assert TARGET_OPS[target] <= ops
 
-    config = load_model(checkpoints[variant]).config
     schedule = Schedule([[5, 9, 11, 3, 7], [4, 8, 2]], steps=16)  # batch 2, prompts of different lengths
     expected, tokens = eager_logits(load_model(checkpoints[variant]), schedule, 32)
-    runner = reference_runner if target == "trt" else onnxruntime_runner
-    got = graph_logits(runner(out / "model.onnx"), config, schedule, tokens, 32, "fp32")
+    got = graph_logits(open_graph(out, read_manifest(out)), schedule, tokens)
     diffs = [float(np.abs(e - g).max()) for e, g in zip(expected, got)]
     assert len(diffs) == 17 and max(diffs) <= 1e-4, diffs
 

@@ -38,8 +38,10 @@ def resolve(backend: BackendName | str, manifest: Manifest) -> BackendName:
 
 
 def open_backend(folder: Path, manifest: Manifest, backend: BackendName | str = BackendName.AUTO,
-                 device: str = "cpu", threads: int | None = None) -> Backend:
-    """The backend that runs engine directory `folder` (its manifest already validated by enginedir)."""
+                 device: str = "cpu", threads: int | None = None, low_memory: bool = False) -> Backend:
+    """The backend that runs engine directory `folder` (its manifest already validated by enginedir).
+
+    `low_memory` (ONNX Runtime): one copy of the weights, slower; what export verification uses."""
     kind = resolve(backend, manifest)
     if kind is BackendName.TENSORRT:
         from .tensorrt_backend import TensorRTBackend
@@ -48,6 +50,6 @@ def open_backend(folder: Path, manifest: Manifest, backend: BackendName | str = 
     if kind is BackendName.ONNXRUNTIME:
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(Path(folder), manifest, device, threads)
+        return OnnxRuntimeBackend(Path(folder), manifest, device, threads, low_memory)
     raise LlamaportError(f"backend {kind} runs a checkpoint, not an engine directory; open {folder} with another "
                          "backend")
