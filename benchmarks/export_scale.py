@@ -3,6 +3,7 @@
     python benchmarks/export_scale.py --models 1b          # TinyLlama-1.1B shape (22 layers, GQA 32/4)
     python benchmarks/export_scale.py --models 1b 7b       # + Llama-2-7B shape (32 layers, MHA), ~13.5 GB fp16
     python benchmarks/export_scale.py --models 1b --targets ort --peers   # + onnxruntime-genai's builder
+    python benchmarks/export_scale.py --models 13b --targets ort --quant int4   # Llama-2-13B shape (~26 GB), int4
 
 Checkpoints are written with random weights (fp16 safetensors, sharded) under --workdir (default: a folder in
 /tmp), never into the repository, and reused between runs. Every export runs in a fresh process; its peak RSS is
@@ -32,6 +33,9 @@ SHAPES = {
     # Llama-2-7B: 32 layers, hidden 4096, ffn 11008, heads 32 / kv 32, vocab 32000
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000),
+    # Llama-2-13B: 40 layers, hidden 5120, ffn 13824, heads 40 / kv 40, vocab 32000; ~26 GB fp16, more than 24 GB RAM
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000),
 }
 SHARD_BYTES = 2 << 30  # shards of at most 2 GiB (the real 7B has two of ~10 and 3.5 GB; smaller ones cap the
 # writer's memory here, and the loader reads per tensor either way)
@@ -160,11 +164,13 @@ def _numel(dims) -> int:
 
 
 def llamaport_export(checkpoint: Path, out: Path, target: str, dtype: str, max_seq: int, skip_verify: bool,
-                     timeout: float) -> tuple[Run, dict | None]:
+                     timeout: float, quant: list[str] = ()) -> tuple[Run, dict | None]:
+    """`quant`: extra export flags (e.g. --quant int4 --method rtn --group-size 128)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "llamaport.cli", "export", str(checkpoint), "-o", str(out), "--target", target,
-               "--dtype", dtype, "--max-seq", str(max_seq), "--quiet"] + (["--skip-verify"] if skip_verify else [])
-    run = measure(f"llamaport {target} {dtype}", command, timeout)
+               "--dtype", dtype, "--max-seq", str(max_seq), "--quiet", *quant]
+    command += ["--skip-verify"] if skip_verify else []
+    run = measure(" ".join(["llamaport", target, dtype, *quant]), command, timeout)
     manifest = json.loads((out / "manifest.json").read_text()) if run.returncode == 0 else None
     return run, manifest
 
@@ -199,7 +205,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=Path, default=_default_vocab(),
                         help="vocabulary GGUF whose tokenizer files go beside the weights (default: Llama 2's asset)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--quant", choices=["int4"], help="export weight-only int4 (with --method, --group-size)")
+    parser.add_argument("--method", default="rtn")
+    parser.add_argument("--group-size", default="128")
     args = parser.parse_args()
+    quant = ["--quant", args.quant, "--method", args.method, "--group-size", args.group_size] if args.quant else []
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in [args.checkpoint.name] if args.checkpoint else args.models:
@@ -217,7 +227,7 @@ def main() -> None:
         for target in args.targets:
             out = args.workdir / f"engine-{model}-{target}"
             run, manifest = llamaport_export(checkpoint, out, target, args.dtype, args.max_seq, args.skip_verify,
-                                             args.timeout)
+                                             args.timeout, quant)
             engine = folder_gb(out) if out.exists() else float("nan")
             budget = engine + largest_layer_fp32_gb(shape) + 1.0
             verification = (manifest or {}).get("verification") or {}
