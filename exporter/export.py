@@ -100,6 +100,14 @@ def _verify(folder: Path, draft: Manifest, checkpoint, schedule: Schedule, progr
     return accuracy_dict(result)
 
 
+def _quality(checkpoint, dequantized, progress: _Progress) -> dict:
+    """The int4 weights against the checkpoint's own (perplexity, KL, top-1), eager, layer by layer."""
+    from .quant_quality import text_ids, weight_quality
+
+    with progress.bar("quality", 2 * checkpoint.config.num_hidden_layers) as bar:
+        return weight_quality(checkpoint, dequantized, text_ids(checkpoint.tokenizer_files), lambda: bar.update(1))
+
+
 def export_engine(src: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> dict:
     """Export SRC to the engine directory OUT; returns the manifest. Nothing is left at OUT on failure.
 
@@ -149,5 +157,7 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
         if options.verify and options.task is Task.CAUSAL_LM:
             schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
             accuracy = _verify(tmp, draft, reference, schedule, progress)
-        manifest = save_manifest(draft, verification=accuracy)
+            if quantization is not None:
+                quantization = {**quantization, "quality": _quality(checkpoint, reference, progress)}
+        manifest = save_manifest(draft, verification=accuracy, **({"quantization": quantization} if quantization else {}))
     return manifest

@@ -70,8 +70,9 @@ def _head_weight(checkpoint: Checkpoint) -> torch.Tensor:
 
 
 def layerwise_logits(checkpoint: Checkpoint, steps: list[Step], max_seq: int,
-                     progress: Callable[[], None] | None = None) -> list[np.ndarray]:
-    """fp32 eager logits (B, V) at each row's last real token, per step; `progress()` after each layer."""
+                     progress: Callable[[], None] | None = None, all_positions: bool = False) -> list[np.ndarray]:
+    """fp32 eager logits (B, V) at each row's last real token, per step; `progress()` after each layer.
+    `all_positions`: (B, S_step, V) per step instead."""
     config = checkpoint.config
     batch = steps[0].input_ids.shape[0]
     inv_freq, scaling = inverse_frequencies(config)
@@ -104,10 +105,11 @@ def layerwise_logits(checkpoint: Checkpoint, steps: list[Step], max_seq: int,
         head.weight = torch.nn.Parameter(_head_weight(checkpoint), requires_grad=False)
         logits = []
         for s, step in enumerate(steps):
-            x = norm(hidden[s])
-            index = (step.input_lengths - 1)[:, None, None].expand(-1, 1, x.shape[-1])
-            x = x.gather(1, index)  # (B, 1, hidden)
+            x = norm(hidden[s])  # (B, S_step, hidden)
+            if not all_positions:
+                index = (step.input_lengths - 1)[:, None, None].expand(-1, 1, x.shape[-1])
+                x = x.gather(1, index)  # (B, 1, hidden)
             tp = config.pretraining_tp
-            out = tp_linear(head, x, tp, "out") if tp > 1 else head(x)  # (B, 1, V)
-            logits.append(out[:, -1].float().numpy())
+            out = tp_linear(head, x, tp, "out") if tp > 1 else head(x)  # (B, S_step or 1, V)
+            logits.append(out.float().numpy() if all_positions else out[:, -1].float().numpy())
     return logits

@@ -180,6 +180,11 @@ def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verif
     )
     weights = "" if spec is None else f", int4 {manifest['quantization']['method']} g{manifest['quantization']['group_size']}"
     click.echo(f"wrote {target} engine ({dtype}{weights}, max_seq {max_seq}) to {out}; {checked}")
+    quality = (manifest.get("quantization") or {}).get("quality") or {}
+    if quality.get("measured"):
+        click.echo(f"int4 weights vs the checkpoint's ({quality['text_tokens']} tokens of check's text): perplexity "
+                   f"{quality['perplexity_reference']:.3f} -> {quality['perplexity_quantized']:.3f}, KL "
+                   f"{quality['kl']:.4f}, top-1 agreement {quality['top1_agreement']:.3f}")
     if not manifest.get("tokenizer"):
         click.echo(f"note: {src} has no tokenizer files (tokenizer.json or tokenizer.model), so neither has the "
                    "engine: give prompts as token ids (generate --prompt-ids 1,2,3, or ids in the Python API), or "
