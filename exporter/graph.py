@@ -9,6 +9,7 @@ A runtime binds present.{i}.* to the same buffers as past.{i}.*, so the cache is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
@@ -30,7 +31,10 @@ from llamaport.models.rope import inverse_frequencies, rotary_cos_sin
 from llamaport.plugins.translations import ONNX_OPSET, Heads, translation_table
 
 from .fusions import postprocess
-from .weights import WeightSource, fold_weight_nodes, lazy_tensor
+from .replicate import TRACED_LAYERS, NotReplicable, replicate_layers
+from .weights import WeightSource, fold_weight_nodes, lazy_tensor, layer_of
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -207,14 +211,62 @@ def _optimize(model: ir.Model, sources: dict[str, WeightSource]) -> None:
             del sources[name]
 
 
+@contextlib.contextmanager
+def _first_layers(model: nn.Module, count: int):
+    """`model` running its first `count` decoder layers only (their parameter names unchanged), until exit."""
+    decoder = model.model
+    layers = decoder.layers
+    decoder.layers = nn.ModuleList(list(layers)[:count])
+    try:
+        yield
+    finally:
+        decoder.layers = layers
+
+
+def _replicated(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype, table: dict,
+                sources: dict[str, WeightSource]) -> ir.Model | None:
+    """The graph traced with TRACED_LAYERS decoder layers and grown to all of them (exporter/replicate.py), or
+    None where that is not safe: then the caller traces the whole model.
+
+    torch.export's cost grows with the ops it traces: SmolLM2's 30 layers took 15.6 s of CPU of a 29.5 s export,
+    3 layers take 4.5 s (with the exporter's one-time warm-up), and cloning the rest 0.1 s (cloning and the
+    optimizer grow with depth, at ~0.04 s a layer). Every Llama layer is the same code (no per-layer config exists
+    in LlamaConfig); the classifier builds its zero caches before the layers, one per layer, so it is traced whole.
+    """
+    if spec.task is not Task.CAUSAL_LM or config.num_hidden_layers <= TRACED_LAYERS:
+        return None
+    few = dataclasses.replace(config, num_hidden_layers=TRACED_LAYERS)
+    with _first_layers(model, TRACED_LAYERS):
+        onnx_model = _export(graph_module(model, spec), few, spec, dtype, table)
+    try:
+        replicate_layers(onnx_model, config.num_hidden_layers)
+    except NotReplicable as error:
+        logger.info("tracing all %d layers: %s", config.num_hidden_layers, error)
+        return None
+    graph = onnx_model.graph
+    # Cloned weights have no value (the traced ones hold fake tensors): each must be one of the model's.
+    unsourced = [name for name, v in graph.initializers.items() if v.const_value is None and name not in sources]
+    missing = [name for name in sources if layer_of(name) is not None and name not in graph.initializers]
+    if [v.name for v in graph.inputs] != input_names(config, spec) or \
+            [v.name for v in graph.outputs] != output_names(config, spec) or unsourced or missing:
+        logger.info("tracing all %d layers: the grown graph's inputs, outputs or weights are not the model's",
+                    config.num_hidden_layers)
+        return None
+    return onnx_model
+
+
 def trace_graph(model: nn.Module, config: LlamaConfig, spec: GraphSpec, dtype: torch.dtype,
-                sources: dict[str, WeightSource]) -> TracedGraph:
+                sources: dict[str, WeightSource], replicate: bool = True) -> TracedGraph:
     """Trace `model` (fake weights in `dtype`, attention routed through the plugin op) into an ONNX graph.
 
     `sources` (initializer name -> source) covers the model's parameters; the result's covers the graph's
-    initializers that need one (folded ones included; unused ones dropped).
+    initializers that need one (folded ones included; unused ones dropped). replicate=False traces every layer
+    (tests compare the two).
     """
-    onnx_model = _export(graph_module(model, spec), config, spec, dtype, target_table(config, spec, dtype))
+    table = target_table(config, spec, dtype)
+    onnx_model = _replicated(model, config, spec, dtype, table, sources) if replicate else None
+    if onnx_model is None:
+        onnx_model = _export(graph_module(model, spec), config, spec, dtype, table)
     sources = dict(sources)
     _optimize(onnx_model, sources)
     return TracedGraph(onnx_model, sources)
