@@ -81,27 +81,32 @@ def write_checkpoint(folder: Path, shape: dict, seed: int = 0) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(seed)
-    shards: list[dict] = [{}]
+    # Shards planned from the shapes first, then each generated and saved on its own: one shard in memory (a 13B
+    # checkpoint is more than this machine's RAM).
+    plan: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
     for name, dims in tensor_shapes(shape):
-        if name.endswith("norm.weight"):
-            tensor = 1 + 0.1 * torch.randn(dims, generator=generator)
-        else:
-            tensor = 0.02 * torch.randn(dims, generator=generator)  # transformers' initializer_range
-        tensor = tensor.to(torch.float16)
-        if size + tensor.nbytes > SHARD_BYTES and shards[-1]:
-            shards.append({})
+        nbytes = 2 * _numel(dims)
+        if size + nbytes > SHARD_BYTES and plan[-1]:
+            plan.append([])
             size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
+        plan[-1].append((name, dims))
+        size += nbytes
+    generator = torch.Generator().manual_seed(seed)
     weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    for i, entries in enumerate(plan):
+        shard = {}
+        for name, dims in entries:
+            if name.endswith("norm.weight"):
+                tensor = 1 + 0.1 * torch.randn(dims, generator=generator)
+            else:
+                tensor = 0.02 * torch.randn(dims, generator=generator)  # transformers' initializer_range
+            shard[name] = tensor.to(torch.float16)
+        file = f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
         save_file(shard, str(partial / file), metadata={"format": "pt"})
         total += sum(t.nbytes for t in shard.values())
         weight_map.update({name: file for name in shard})
-        shard.clear()
+        del shard
     (partial / "config.json").write_text(json.dumps(config_dict(shape), indent=2))
     (partial / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
