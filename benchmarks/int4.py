@@ -5,9 +5,11 @@ SmolLM2-135M-shaped decoder layer's linears (qkv 576->960, o 576->576, gate_up 5
 (M=1) and prefill (M=128) shapes, interleaved rounds in one process, median of per-round times; also the fp32
 MatMul for scale. This picks quant.DEFAULT_ACCURACY_LEVEL.
 
-`python benchmarks/int4.py quality SRC`: perplexity / greedy agreement of int4 weights (dequantized, eager) vs fp32 for
-RTN, GPTQ and GGUF reuse at the given group size, on the built-in calibration-independent text
-(benchmarks' perplexity text is the README excerpt in tests; here the first 512 tokens of a held-out passage).
+`python benchmarks/int4.py quality SRC`: perplexity / KL / top-1 / greedy agreement of int4 weights (dequantized,
+eager) vs fp32 for RTN, GPTQ and GGUF reuse at the given group sizes, on check.py's TEXT + HELD_OUT below (567 tokens
+with SmolLM2's tokenizer; no 8-word run in common with the calibration text).
+
+`python benchmarks/int4.py heldout > held.txt`: that text, for `llamaport check ENGINE --text held.txt`.
 """
 
 from __future__ import annotations
@@ -83,7 +85,17 @@ HELD_OUT = (  # written for this benchmark; not in the calibration text
     "by its resistance. Power, measured in watts, is voltage times current, which is why a kettle that draws a large "
     "current from the mains heats water quickly. Most homes receive alternating current, whose direction reverses "
     "fifty or sixty times every second, because it can be stepped up to high voltages for efficient transmission and "
-    "stepped down again for safe use."
+    "stepped down again for safe use. "
+    "Honey bees live in colonies of tens of thousands: one queen, who lays the eggs, a few hundred male drones and "
+    "a great many female workers. A worker's job changes as she ages. Young bees clean the cells and feed the "
+    "larvae, older ones build comb from wax made in their own bodies, guard the entrance, and finally fly out to "
+    "gather nectar and pollen from flowers up to a few kilometres away. A forager that finds a rich patch returns "
+    "and performs a waggle dance on the comb; the angle of the dance tells her sisters the direction of the food "
+    "relative to the sun, and its length tells them how far to fly. "
+    "The fisherman pushed his boat off the shingle an hour before dawn, as his father had done and his grandfather "
+    "before him. The sea was flat and grey, and gulls followed him out past the harbour wall, crying for scraps. He "
+    "set his pots along the edge of the reef where the water turned from green to black, marking each line with an "
+    "orange float, and then sat for a while with a flask of tea, watching the light come up over the headland."
 )
 
 
@@ -101,6 +113,7 @@ def quality(src: str, variants: list[str], greedy_tokens: int) -> None:
 
     import torch
 
+    from llamaport.exporter.quant import QuantSpec
     from llamaport.exporter.quant_export import FUSED, linear_parameters
     from llamaport.exporter.quant_methods import calibration_ids, gguf_codes, gptq_model, rtn
     from llamaport.models import read_checkpoint
@@ -156,7 +169,7 @@ def quality(src: str, variants: list[str], greedy_tokens: int) -> None:
         if method == "rtn":
             codes = {p: rtn(state[p], 4, group, symmetric) for p in names}
         elif method == "gptq":
-            ids = calibration_ids(tok.encode, None, 1024, 512)
+            ids = calibration_ids(tok.encode, None, QuantSpec().calib_tokens, QuantSpec().calib_seq_len)
             codes = gptq_model(model, ids, 4, group, symmetric)
         elif method == "gguf":
             get = gguf_codes(ck.source, config)
@@ -225,6 +238,7 @@ def main() -> None:
     qu.add_argument("--variants", nargs="+", default=["gguf", "rtn-g32a", "gptq-g32a", "rtn-g64a", "gptq-g64a",
                                                        "rtn-g64s", "gptq-g64s"])
     qu.add_argument("--greedy-tokens", type=int, default=32)
+    sub.add_parser("heldout", help="print the held-out perplexity text (for `llamaport check --text`)")
     ex = sub.add_parser("export")
     ex.add_argument("src")
     ex.add_argument("out")
@@ -237,6 +251,10 @@ def main() -> None:
         levels(args.rounds, args.iters, args.threads, args.group_size)
     elif args.cmd == "export":
         export_int4(args.src, args.out, args.method, args.group_size, args.max_seq, args.exact)
+    elif args.cmd == "heldout":
+        from llamaport.runtime.check import TEXT
+
+        print(TEXT + " " + HELD_OUT)
     elif args.cmd == "quality":
         quality(args.src, args.variants, args.greedy_tokens)
 

@@ -15,6 +15,7 @@ Written here rather than taken from a library, and why:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -61,14 +62,61 @@ def rtn(weight: torch.Tensor, bits: int, group: int, symmetric: bool) -> Quantiz
 
 
 # ---------------------------------------------------------------------------------------------------------- GPTQ
+CLIP_SHRINKS = torch.linspace(1.0, 0.5, 21).tolist()  # candidate range shrink factors for the calibrated method
+
+
+def _clipped_params(w: torch.Tensor, weight: torch.Tensor, bits: int, symmetric: bool):
+    """Block params of `w` (N, G, g) whose block range is shrunk by the factor (of CLIP_SHRINKS) with the least
+    `weight`-weighted squared rounding error per block (the reference GPTQ quantizer's `mse=True` grid search).
+    Clipping a few outliers buys a finer step for the rest of the block. weight (g,) or (G, g): per-input
+    importance, diag(H). Returns scale, zero: (N, G, 1) each (zero None for symmetric)."""
+    best_err = best_scale = best_zero = None
+    mid = float(1 << (bits - 1))
+    for p in CLIP_SHRINKS:
+        scale, zero = _block_params(w * p, bits, symmetric)
+        deq = (_codes(w, scale, zero, bits) - (mid if zero is None else zero)) * scale
+        err = ((deq - w).pow(2) * weight).sum(-1, keepdim=True)  # (N, G, 1)
+        if best_err is None:
+            best_err, best_scale, best_zero = err, scale, zero
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = None if zero is None else torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """GPTQ's column loop is thousands of tiny ops: with torch's intra-op pool on a busy CPU each one waits for the
+    other threads (measured 13x slower with 2 threads than 1 on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@_one_thread()
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group: int, symmetric: bool,
-         damp: float = 0.01, block: int = 128) -> QuantizedWeight:
+         damp: float = 0.1, block: int = 128, act_order: bool = True, clip: bool = True) -> QuantizedWeight:
     """GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization", 2022), groups of `group` along K.
 
-    weight (N, K); hessian (K, K) = sum of x x^T over calibration inputs. Columns are quantized in order; each
-    column's rounding error is spread over the columns not yet quantized through the inverse Hessian's Cholesky
-    factor, so the layer's output (not each weight) stays close. Block scales are chosen when a group starts, from
-    the weights as already updated (the reference implementation's behaviour without static groups).
+    weight (N, K); hessian (K, K) = mean of x x^T over calibration inputs. Columns are quantized one at a time;
+    each column's rounding error is spread over the columns not yet quantized through the inverse Hessian's
+    Cholesky factor, so the layer's output (not each weight) stays close.
+
+    Options, as in the reference implementations (gptq, AutoGPTQ), measured on SmolLM2 (RESULTS.md):
+    - damp: added to diag(H) as a fraction of its mean. A few thousand calibration tokens leave H near-singular
+      for the 1536-wide down_proj, and a weak damp (the paper's 0.01) fits the calibration text's own directions:
+      the error on held-out text rose above RTN's. 0.1 keeps the compensation to directions the data supports.
+    - act_order: quantize columns in descending diag(H) (the inputs with most energy first, while the most
+      columns remain to absorb their error). With static groups: each block's scale/zero is fixed from the
+      original weights before the loop, so codes stay in contiguous K-blocks (no g_idx), the layout
+      MatMulNBits and our packing assume.
+    - clip: choose each block's range by a diag(H)-weighted MSE search over shrink factors instead of min/max.
+    Without act_order a block's scale/zero is chosen when its first column comes up, from the updated weights.
     """
     n, k = weight.shape
     w = weight.detach().float().clone()
@@ -77,12 +125,22 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group: int, sym
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    importance = torch.diag(h).float().reshape(k // group, group)  # (K/g, g)
+    blocks = k // group
+    scales = torch.zeros(n, blocks)
+    zeros = None if symmetric else torch.zeros(n, blocks)
+    if act_order:  # static groups: every block's params from the original weights
+        wb = w.reshape(n, blocks, group)
+        scale, zero = _clipped_params(wb, importance, bits, symmetric) if clip else _block_params(wb, bits, symmetric)
+        scales, zeros = scale[..., 0], None if zero is None else zero[..., 0]
+        perm = torch.argsort(torch.diag(h), descending=True)
+    else:
+        perm = torch.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()  # (K, K)
-    codes = torch.zeros(n, k, dtype=torch.uint8)
-    scales = torch.zeros(n, k // group)
-    zeros = None if symmetric else torch.zeros(n, k // group, dtype=torch.uint8)
+    codes = torch.zeros(n, k, dtype=torch.uint8)  # in permuted column order until the end
+    mid = float(1 << (bits - 1))
     block = max(block // group, 1) * group  # blocks hold whole groups, so a group's scale sees its updated columns
-    scale = zero = None
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         w1 = w[:, b0:b1].clone()  # (N, blk)
@@ -90,19 +148,28 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group: int, sym
         h1 = hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
-            if col % group == 0:
-                scale, zero = _block_params(w1[:, i:i + group], bits, symmetric)  # (N, 1) each
-                scales[:, col // group] = scale[:, 0]
+            g = int(perm[col]) // group
+            if not act_order and col % group == 0:
+                x = w1[:, None, i:i + group]  # (N, 1, g)
+                if clip:
+                    s, z = _clipped_params(x, importance[g], bits, symmetric)
+                else:
+                    s, z = _block_params(x, bits, symmetric)
+                scales[:, g] = s[:, 0, 0]
                 if zeros is not None:
-                    zeros[:, col // group] = zero[:, 0].to(torch.uint8)
+                    zeros[:, g] = z[:, 0, 0]
+            scale = scales[:, g:g + 1]  # (N, 1)
+            zero = None if zeros is None else zeros[:, g:g + 1]
             q = _codes(w1[:, i:i + 1], scale, zero, bits)  # (N, 1)
             codes[:, col] = q[:, 0].to(torch.uint8)
-            deq = (q - (float(1 << (bits - 1)) if zero is None else zero)) * scale
+            deq = (q - (mid if zero is None else zero)) * scale
             err = (w1[:, i] - deq[:, 0]) / h1[i, i]
             w1[:, i:] -= err[:, None] * h1[i, i:][None, :]
             err1[:, i] = err
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
-    return QuantizedWeight(codes, scales, zeros, bits, group)
+    codes = codes[:, torch.argsort(perm)]  # back to the weight's own column order
+    zero_t = None if zeros is None else zeros.to(torch.uint8)
+    return QuantizedWeight(codes, scales.contiguous(), zero_t, bits, group)
 
 
 def calibration_ids(tokenizer_encode: Callable[[str], list[int]], path: Path | None, tokens: int,
@@ -145,8 +212,8 @@ def layer_hessians(embed: Callable[[torch.Tensor], torch.Tensor], layers: Iterat
 
         def hook(name):
             def record(module, args):
-                inp = args[0].reshape(-1, args[0].shape[-1]).double()  # (B*S, K)
-                h = inp.T @ inp
+                inp = args[0].reshape(-1, args[0].shape[-1]).float()  # (B*S, K)
+                h = (inp.T @ inp).double()  # an fp32 product (fast), summed across calls in fp64
                 hessians[name] = hessians[name] + h if name in hessians else h
             return record
 
@@ -161,14 +228,15 @@ def layer_hessians(embed: Callable[[torch.Tensor], torch.Tensor], layers: Iterat
 
 
 def gptq_layers(embed, layers, config, input_ids: torch.Tensor, bits: int, group: int, symmetric: bool,
-                progress: Callable[[int], None] | None = None) -> dict[str, QuantizedWeight]:
+                progress: Callable[[int], None] | None = None, **options) -> dict[str, QuantizedWeight]:
     """GPTQ every decoder-layer linear; returns {parameter name: codes} (names of the layers' own modules, so
     fused `qkv_proj` / `gate_up_proj` when the layers come fused). Each layer's weights are replaced by their
-    dequantized values before the next layer's inputs are computed (sequential GPTQ)."""
+    dequantized values before the next layer's inputs are computed (sequential GPTQ). `options`: gptq's
+    damp / act_order / clip."""
     out: dict[str, QuantizedWeight] = {}
     for index, layer, hessians in layer_hessians(embed, layers, config, input_ids):
         for name, linear in _linears(layer).items():
-            q = gptq(linear.weight, hessians[name], bits, group, symmetric)
+            q = gptq(linear.weight, hessians[name], bits, group, symmetric, **options)
             out[f"model.layers.{index}.{name}.weight"] = q
             linear.weight.data = q.dequantize().to(linear.weight.dtype)
         if progress:
@@ -176,14 +244,15 @@ def gptq_layers(embed, layers, config, input_ids: torch.Tensor, bits: int, group
     return out
 
 
-def gptq_model(model, input_ids: torch.Tensor, bits: int, group: int, symmetric: bool) -> dict[str, QuantizedWeight]:
+def gptq_model(model, input_ids: torch.Tensor, bits: int, group: int, symmetric: bool,
+               **options) -> dict[str, QuantizedWeight]:
     """GPTQ over an eager model in memory (its weights end up dequantized: it is then its own reference)."""
     return gptq_layers(model.model.embed_tokens, iter(model.model.layers), model.config, input_ids, bits, group,
-                       symmetric)
+                       symmetric, **options)
 
 
 def gptq_checkpoint(checkpoint, input_ids: torch.Tensor, bits: int, group: int, symmetric: bool,
-                    progress: Callable[[int], None] | None = None) -> dict[str, QuantizedWeight]:
+                    progress: Callable[[int], None] | None = None, **options) -> dict[str, QuantizedWeight]:
     """GPTQ streamed from a checkpoint: one fused decoder layer loaded at a time (export at any size)."""
     from llamaport.exporter.reference import _load, _weight
     from llamaport.models.llama import DecoderLayer
@@ -203,7 +272,7 @@ def gptq_checkpoint(checkpoint, input_ids: torch.Tensor, bits: int, group: int, 
             layer.mlp.fuse_projections()
             yield layer
 
-    return gptq_layers(embed, layers(), config, input_ids, bits, group, symmetric, progress)
+    return gptq_layers(embed, layers(), config, input_ids, bits, group, symmetric, progress, **options)
 
 
 # ---------------------------------------------------------------------------------------------------------- GGUF

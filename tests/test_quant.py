@@ -195,17 +195,49 @@ def test_bad_cli_values_are_one_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------- methods
-def test_gptq_beats_rtn_on_the_layer_output_for_correlated_activations():
+def test_gptq_beats_rtn_on_the_layer_output_of_held_out_correlated_activations():
+    """The layer objective GPTQ minimizes, measured on inputs it was not calibrated on (it must generalize)."""
     torch.manual_seed(0)
     k, n = 128, 64
     mix = torch.randn(k, k) / k ** 0.5 + torch.eye(k)  # correlated input features, as real activations are
-    x = torch.randn(2048, k) @ mix
+    energy = torch.linspace(0.2, 3.0, k)  # uneven per-feature energy: what act_order exploits
+    x, x_held = (torch.randn(2, 2048, k) * energy) @ mix
     w = torch.randn(n, k)
     hessian = x.double().T @ x.double() / x.shape[0]
     for symmetric in (True, False):
-        err_rtn = (x @ (rtn(w, 4, 32, symmetric).dequantize() - w).T).pow(2).mean()
-        err_gptq = (x @ (gptq(w, hessian, 4, 32, symmetric).dequantize() - w).T).pow(2).mean()
-        assert err_gptq < 0.8 * err_rtn
+        err_rtn = (x_held @ (rtn(w, 4, 32, symmetric).dequantize() - w).T).pow(2).mean()
+        for options in ({}, {"act_order": False}, {"clip": False}):
+            q = gptq(w, hessian, 4, 32, symmetric, **options)
+            err_gptq = (x_held @ (q.dequantize() - w).T).pow(2).mean()
+            assert err_gptq < 0.8 * err_rtn, options
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_act_order_keeps_rtn_s_contiguous_block_layout(weight, symmetric):
+    """Act order with static groups: a diagonal Hessian (no cross-feature error to spread) and no clipping give
+    exactly RTN's codes, scales and zeros, although the columns are visited in a shuffled order; so the codes stay
+    in contiguous K-blocks (no g_idx) and pack like RTN's."""
+    torch.manual_seed(1)
+    hessian = torch.diag(torch.rand(K) + 0.1).double()  # distinct diagonal: a non-trivial column order
+    q = gptq(weight, hessian, 4, 32, symmetric, act_order=True, clip=False)
+    ref = rtn(weight, 4, 32, symmetric)
+    assert torch.equal(q.codes, ref.codes) and torch.allclose(q.scales, ref.scales)
+    assert (q.zero is None) == symmetric and (symmetric or torch.equal(q.zero, ref.zero))
+    assert np.array_equal(pack.unpack_matmulnbits_b(pack.pack_matmulnbits_b(q), 4), q.codes.numpy())
+
+
+def test_gptq_clipping_never_rounds_worse_than_the_full_range(weight):
+    """The clip search includes the full range (shrink 1.0), so each block's weighted error can only drop."""
+    from llamaport.exporter.quant_methods import _block_params, _clipped_params, _codes
+
+    w = weight.reshape(N, K // 32, 32)
+    importance = torch.rand(K // 32, 32)
+    for symmetric in (True, False):
+        errs = []
+        for scale, zero in (_block_params(w, 4, symmetric), _clipped_params(w, importance, 4, symmetric)):
+            deq = (_codes(w, scale, zero, 4) - (8.0 if zero is None else zero)) * scale
+            errs.append(((deq - w) ** 2 * importance).sum(-1))
+        assert (errs[1] <= errs[0] + 1e-6).all() and errs[1].sum() < errs[0].sum()
 
 
 @pytest.fixture(scope="module")
