@@ -159,5 +159,6 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             accuracy = _verify(tmp, draft, reference, schedule, progress)
             if quantization is not None:
                 quantization = {**quantization, "quality": _quality(checkpoint, reference, progress)}
-        manifest = save_manifest(draft, verification=accuracy, **({"quantization": quantization} if quantization else {}))
+        updates = {"quantization": quantization} if quantization else {}  # no key at all for float engines
+        manifest = save_manifest(draft, verification=accuracy, **updates)
     return manifest
