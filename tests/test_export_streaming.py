@@ -139,12 +139,17 @@ def random_checkpoint(tmp_path_factory) -> tuple[Path, int]:
     return folder, _random_checkpoint(folder, torch.float32)
 
 
-def test_export_peak_memory_stays_well_under_two_copies_of_the_weights(random_checkpoint, tmp_path):
-    folder, weight_bytes = random_checkpoint
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(tmp_path / "e"), "ort", "fp32"],
+def _export_memory(folder: Path, out: Path, dtype: str) -> dict:
+    """{baseline, peak} RSS of an `ort` export of `folder` in a fresh, warmed-up interpreter (_CHILD)."""
+    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(out), "ort", dtype],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    memory = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_export_peak_memory_stays_well_under_two_copies_of_the_weights(random_checkpoint, tmp_path):
+    folder, weight_bytes = random_checkpoint
+    memory = _export_memory(folder, tmp_path / "e", "fp32")
     grown = memory["peak"] - memory["baseline"]  # what the export added to a warmed-up interpreter
     # Before streaming: the fp32 model, the traced copy and ONNX Runtime's, 2.5+ copies. Now: ONNX Runtime's
     # session (its mapped data file: the engine's own copy) plus a tensor or a layer at a time; measured 0.8-1.1.
@@ -154,10 +159,7 @@ def test_export_peak_memory_stays_well_under_two_copies_of_the_weights(random_ch
 
 def test_fp16_export_verifies_without_an_fp32_copy_of_the_weights(random_checkpoint, tmp_path):
     folder, fp32_bytes = random_checkpoint
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(tmp_path / "e"), "ort", "fp16"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    memory = json.loads(result.stdout.strip().splitlines()[-1])
+    memory = _export_memory(folder, tmp_path / "e", "fp16")
     engine_bytes = fp32_bytes // 2
     # ONNX Runtime's CPU has no fp16 MatMul: a default session keeps an fp32 copy of every weight beside the mapped
     # fp16 file (measured 2.5x the engine). The low-memory session casts one weight at a time: measured 1.7x (the
