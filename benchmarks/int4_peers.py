@@ -115,12 +115,20 @@ def _llama_cpp_ggufs(hf_dir: Path, work: Path, log: list) -> dict[str, Path]:
     return out
 
 
+def _config(engine: Path) -> dict:
+    """The model config an engine directory's manifest records (shapes for the roofline)."""
+    return json.loads((engine / "manifest.json").read_text())["config"]
+
+
 def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: Path,
             thread_counts: list[int]) -> tuple[list[dict], list]:
     """Every runtime's files for every model: a list of specs {model, runtime, name, path, config, threads}."""
     specs, log = [], []
     have_llama = (PEERS / "bin" / "llama-bench").exists()
     have_genai = _importable("onnxruntime_genai")
+
+    def add(model: str, runtime: str, name: str, path: Path, config: dict) -> None:
+        specs.append(dict(model=model, runtime=runtime, name=name, path=path, config=config, threads=thread_counts))
     if "smollm2" in models:
         gguf = (assets / "smollm2-135m-instruct-q4_1.gguf") if assets else None
         if gguf is None or not gguf.exists():
@@ -128,24 +136,20 @@ def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: P
         folder = work / "smollm2"
         print(f"[smollm2] preparing in {folder}", flush=True)
         ours = _llamaport_export(gguf, folder / "llamaport-int4-gguf", "gguf", log, verify=True)
-        config = json.loads((ours / "manifest.json").read_text())["config"]
-        specs.append(dict(model="smollm2", runtime="llamaport", name="llamaport int4 ort (GGUF Q4_1 codes, int8 head)",
-                          path=ours, config=config, threads=thread_counts))
+        config = _config(ours)
+        add("smollm2", "llamaport", "llamaport int4 ort (GGUF Q4_1 codes, int8 head)", ours, config)
         # The same model re-quantized by RTN: integer zero points, so no Q4_1 offset correction beside each
         # MatMulNBits (what the GGUF codes' float minimums cost; see --profile). Lossy against the asset's codes.
         rtn = _llamaport_export(gguf, folder / "llamaport-int4-rtn", "rtn", log, verify=True)
-        specs.append(dict(model="smollm2", runtime="llamaport", name="llamaport int4 ort (RTN defaults, int8 head)",
-                          path=rtn, config=config, threads=thread_counts))
+        add("smollm2", "llamaport", "llamaport int4 ort (RTN defaults, int8 head)", rtn, config)
         if have_llama:
-            specs.append(dict(model="smollm2", runtime="llama.cpp", name="llama.cpp Q4_1 (the asset)", path=gguf,
-                              config=config, threads=thread_counts))
+            add("smollm2", "llama.cpp", "llama.cpp Q4_1 (the asset)", gguf, config)
         if have_genai:
             hf = folder / "hf"
             if not hf.exists():
                 _run([sys.executable, "-m", "llamaport.cli", "convert", gguf, "-o", hf], log)
-            specs.append(dict(model="smollm2", runtime="genai", name="onnxruntime-genai int4 (block 32)",
-                              path=_genai_build(hf, folder / "genai-int4", log), config=config,
-                              threads=thread_counts))
+            add("smollm2", "genai", "onnxruntime-genai int4 (block 32)", _genai_build(hf, folder / "genai-int4", log),
+                config)
     if "1b" in models:
         if not (checkpoint_1b / "model.safetensors.index.json").exists():
             vocab = (assets / "llama-spm-vocab.gguf") if assets else None
@@ -155,18 +159,15 @@ def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: P
         print(f"[1b] preparing in {folder} from {checkpoint_1b}", flush=True)
         # Random weights: verification (the eager fp32 model beside the graph) is skipped to save ~5 GB and minutes.
         ours = _llamaport_export(checkpoint_1b, folder / "llamaport-int4-rtn", "rtn", log, verify=False)
-        config = json.loads((ours / "manifest.json").read_text())["config"]
-        specs.append(dict(model="1b", runtime="llamaport", name="llamaport int4 ort (RTN defaults, int8 head)",
-                          path=ours, config=config, threads=thread_counts))
+        config = _config(ours)
+        add("1b", "llamaport", "llamaport int4 ort (RTN defaults, int8 head)", ours, config)
         if have_llama:
             for kind, path in _llama_cpp_ggufs(checkpoint_1b, folder, log).items():
-                specs.append(dict(model="1b", runtime="llama.cpp", name=f"llama.cpp {kind}", path=path,
-                                  config=config, threads=thread_counts))
+                add("1b", "llama.cpp", f"llama.cpp {kind}", path, config)
         if have_genai:
             for block in (32, 128):
                 path = _genai_build(checkpoint_1b, folder / f"genai-int4-b{block}", log, None if block == 32 else block)
-                specs.append(dict(model="1b", runtime="genai", name=f"onnxruntime-genai int4 (block {block})",
-                                  path=path, config=config, threads=thread_counts))
+                add("1b", "genai", f"onnxruntime-genai int4 (block {block})", path, config)
     # One spec per thread count: each is its own process in every round.
     specs = [dict(s, threads=t, name=f"{s['name']}, {t} thread{'s' if t > 1 else ''}",
                   path=_genai_threads(s["path"], t) if s["runtime"] == "genai" else s["path"])
