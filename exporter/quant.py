@@ -104,12 +104,16 @@ def resolve_spec(spec: QuantSpec, target: str, linears: Mapping[str, tuple[int, 
         symmetric = trt  # asymmetric codes use all 16 levels for lopsided blocks; TensorRT takes symmetric only
     if trt and not symmetric:
         raise LlamaportError("--target trt takes symmetric int4 weights only (TensorRT's INT4 weight-only path has no "
-                             "zero points); use QuantSpec(symmetric=True) (the default for trt), or use --target ort / onnx for asymmetric codes")
+                             "zero points); drop --asymmetric (symmetric is the default for trt), or use --target ort / onnx for "
+                             "asymmetric codes")
     if trt and spec.method is QuantMethod.GGUF:
         raise LlamaportError("--method gguf carries GGUF's 32-wide blocks (and Q4_1's minimums), which TensorRT's "
                              "int4 path cannot take (block 64 or 128, symmetric); use --method rtn or gptq with "
                              "--group-size 64 or 128 for --target trt")
     if spec.method is QuantMethod.GGUF:
+        if spec.symmetric is not None:
+            raise LlamaportError("--method gguf carries the file's own codes (Q4_0 symmetric, Q4_1 with minimums); "
+                                 "drop --symmetric/--asymmetric")
         return replace(spec, group_size=32, symmetric=symmetric)
     allowed = TRT_GROUP_SIZES if trt else GROUP_SIZES
     group = spec.group_size

@@ -138,11 +138,14 @@ def info(src, as_json):
               help="int4 block size along K: 32, 64 or 128 (default: the largest that divides every layer).")
 @click.option("--lm-head", default="int8", show_default=True, help="LM head and embedding: int8, int4 or none.")
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text for gptq (default: built in).")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="int4 codes without zero points (TensorRT's form) or with them. Default: asymmetric for ort and "
+                   "onnx, symmetric for trt.")
 @click.option("--exact-int4", is_flag=True,
               help="ort: fp32 activations in MatMulNBits (accuracy_level 0) instead of the faster int8 ones.")
 @user_errors
 def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verify, overwrite, quiet, quant, method,
-           group_size, lm_head, calib, exact_int4):
+           group_size, lm_head, calib, symmetric, exact_int4):
     """Export SRC (HF folder, Meta folder or .gguf) to an engine directory OUT.
 
     OUT holds model.onnx (+ model.onnx.data), the tokenizer files and manifest.json. The graph is run against
@@ -169,7 +172,7 @@ def export(src, out, target, dtype, max_seq, max_batch, logits, task, skip_verif
     if quant == "int4":
         from llamaport.exporter.quant import parse_spec
 
-        spec = parse_spec(method, group_size, lm_head, calib=calib, exact=exact_int4)
+        spec = parse_spec(method, group_size, lm_head, symmetric, calib=calib, exact=exact_int4)
     options = ExportOptions(target=target, dtype=dtype, max_seq=max_seq, max_batch=max_batch, logits=logits,
                             task=task, verify=not skip_verify, overwrite=overwrite, quiet=quiet, quant=spec)
     manifest = export_engine(src, out, options)

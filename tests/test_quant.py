@@ -380,6 +380,33 @@ def test_export_quant_int4_refuses_an_asymmetric_request_for_tensorrt_before_wri
     assert not (tmp_path / "e").exists()
 
 
+def test_cli_symmetric_flag_writes_codes_without_zero_points_and_asymmetric_is_refused_for_tensorrt(tiny_tied,
+                                                                                                      tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from llamaport.cli import main
+    from llamaport.enginedir import read_manifest
+
+    def export(*flags):
+        return CliRunner().invoke(main, ["export", str(tiny_tied), "-o", str(tmp_path / flags[1]), "--max-seq", "16",
+                                         "--quant", "int4", "--quiet", *flags])
+
+    result = export("--target", "ort", "--symmetric")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "ort").quantization["symmetric"] is True
+    graph = onnx.load(str(tmp_path / "ort" / "model.onnx"), load_external_data=False).graph
+    assert {len(n.input) for n in graph.node if n.op_type == "MatMulNBits"} == {3}  # x, codes, scales: no zeros
+    result = export("--target", "trt", "--asymmetric")
+    assert result.exit_code == 1 and "drop --asymmetric" in result.output
+    assert not (tmp_path / "trt").exists()
+
+
+def test_symmetry_flags_are_refused_for_gguf_codes():
+    with pytest.raises(LlamaportError, match="drop --symmetric/--asymmetric"):
+        resolve_spec(QuantSpec(method=QuantMethod.GGUF, symmetric=True), "ort", LINEARS)
+
+
 def test_export_quant_int4_of_a_classifier_is_refused_naming_the_task(tiny_tied, tmp_path):
     from llamaport.exporter import ExportOptions, export_engine
 
