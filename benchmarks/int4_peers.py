@@ -2,7 +2,7 @@
 random checkpoint (issue 9).
 
     sh benchmarks/install_peers.sh                     # the peers, built/installed by script (once)
-    python benchmarks/int4_peers.py [--rounds 3] [--models smollm2 1b] [--work DIR] [--json OUT.json]
+    python benchmarks/int4_peers.py [--rounds 3] [--repeats 3] [--models smollm2 1b] [--work DIR] [--json OUT.json]
     python benchmarks/int4_peers.py --profile ENGINE   # ONNX Runtime per-op profile of one int4 decode
 
 Prepares, once per --work folder (default /tmp/llamaport-int4-peers; reused between runs):
@@ -15,10 +15,11 @@ Prepares, once per --work folder (default /tmp/llamaport-int4-peers; reused betw
     with `intra_op_num_threads` = cores written into genai_config.json (its default runs decode at about half speed).
 Then measures prefill and decode tokens/s of each in interleaved rounds: every runtime once per round in a fresh
 process, the order rotated each round (benchmarks/compare.py's scheme), and the machine's read bandwidth after each
-round; every runtime at each --threads count (default 1 and the core count: see DEFAULT_THREADS). llama.cpp:
-`llama-bench -t T -p 128 -n 64 -r 1 -o json` (its tg64 decodes from an empty cache, the others after the
+round. Each process times --repeats generations after a warm-up and reports their median (llama-bench: their mean);
+every runtime runs at each --threads count (default 1 and the core count: see DEFAULT_THREADS). llama.cpp:
+`llama-bench -t T -p 128 -n 64 -r R -o json` (its tg64 decodes from an empty cache, the others after the
 128-token prompt: at these sizes the cache is <4% of the bytes a step reads). llamaport: `llamaport bench ENGINE
---threads T --repeats 1 --json`. onnxruntime-genai: its Python API (compare.GenaiPeer), intra_op_num_threads = T.
+--threads T --repeats R --json`. onnxruntime-genai: its Python API (compare.GenaiPeer), intra_op_num_threads = T.
 
 % of roofline = decode tokens/s x bytes one decode step reads / measured read bandwidth (runtime.bench's ReduceSum
 probe, best of the rounds). Bytes per step are counted from each runtime's own weight file: every weight tensor,
@@ -225,11 +226,12 @@ def bytes_per_step(spec: dict, context: float) -> tuple[int, float]:
 
 # ---------------------------------------------------------------------------------------------------- measurement
 
-def measure(spec: dict, prompt_len: int, new_tokens: int) -> dict:
-    """One fresh process of one runtime: {"prefill": tok/s, "decode": tok/s}."""
+def measure(spec: dict, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+    """One fresh process of one runtime, `repeats` timed generations after a warm-up: {"prefill": tok/s,
+    "decode": tok/s} (llama-bench's mean, the others' median)."""
     if spec["runtime"] == "llama.cpp":
         out = subprocess.run([PEERS / "bin" / "llama-bench", "-m", spec["path"], "-t", str(spec["threads"]),
-                              "-p", str(prompt_len), "-n", str(new_tokens), "-r", "1", "-o", "json"],
+                              "-p", str(prompt_len), "-n", str(new_tokens), "-r", str(repeats), "-o", "json"],
                              check=True, capture_output=True, text=True)
         rows = json.loads(out.stdout)
         prefill = next(r for r in rows if r["n_prompt"] == prompt_len)["avg_ts"]
@@ -238,28 +240,30 @@ def measure(spec: dict, prompt_len: int, new_tokens: int) -> dict:
                 "flash_attn": rows[0].get("flash_attn")}
     if spec["runtime"] == "llamaport":
         out = subprocess.run([sys.executable, "-m", "llamaport.cli", "bench", spec["path"], "--prompt-len",
-                              str(prompt_len), "--new-tokens", str(new_tokens), "--repeats", "1", "--threads",
+                              str(prompt_len), "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--threads",
                               str(spec["threads"]), "--json"], check=True, capture_output=True, text=True)
         report = json.loads(out.stdout)
         return {"prefill": report["prefill_tokens_per_s"], "decode": report["decode_tokens_per_s"]}
     out = subprocess.run([sys.executable, __file__, "--genai-worker", str(spec["path"]), "--vocab",
                           str(spec["config"]["vocab_size"]), "--prompt-len", str(prompt_len), "--new-tokens",
-                          str(new_tokens)], check=True, capture_output=True, text=True)
+                          str(new_tokens), "--repeats", str(repeats)], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def genai_worker(model_dir: str, vocab: int, prompt_len: int, new_tokens: int) -> dict:
-    """compare.GenaiPeer in this fresh process: a warm-up generation, then the timed one."""
+def genai_worker(model_dir: str, vocab: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+    """compare.GenaiPeer in this fresh process: a warm-up generation, then `repeats` timed ones (medians)."""
     import numpy as np
 
     ids = np.random.default_rng(0).integers(100, vocab - 1, prompt_len).tolist()  # as runtime.bench's prompt
     peer = GenaiPeer("genai", Path(model_dir), ids, new_tokens)
     peer.measure()
-    ttft, decode = peer.measure()
-    return {"prefill": prompt_len / ttft, "decode": decode}
+    runs = [peer.measure() for _ in range(repeats)]
+    return {"prefill": prompt_len / statistics.median(t for t, _ in runs),
+            "decode": statistics.median(d for _, d in runs)}
 
 
-def run_rounds(specs: list[dict], rounds: int, prompt_len: int, new_tokens: int) -> tuple[dict, list[float]]:
+def run_rounds(specs: list[dict], rounds: int, prompt_len: int, new_tokens: int,
+               repeats: int) -> tuple[dict, list[float]]:
     """compare.run_rounds' scheme for mixed kinds of runtime (a CLI binary among Python ones): every spec once per
     round in a fresh process, the order rotated each round, read bandwidth measured after each round."""
     from llamaport.runtime.bench import measure_read_bandwidth
@@ -269,7 +273,7 @@ def run_rounds(specs: list[dict], rounds: int, prompt_len: int, new_tokens: int)
     for r in range(rounds):
         shift = r % len(specs)
         for spec in specs[shift:] + specs[:shift]:
-            results[spec["name"] + "@" + spec["model"]].append(measure(spec, prompt_len, new_tokens))
+            results[spec["name"] + "@" + spec["model"]].append(measure(spec, prompt_len, new_tokens, repeats))
         bandwidths.append(measure_read_bandwidth(THREADS) / 1e9)
         print(f"round {r + 1}/{rounds} (bandwidth {bandwidths[-1]:.1f} GB/s, load {os.getloadavg()[0]:.1f}): "
               + "; ".join(f"{k.split('@')[1]} {k.split('@')[0]}: {v[-1]['decode']:.1f}"
@@ -396,6 +400,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--models", nargs="+", default=["smollm2", "1b"], choices=["smollm2", "1b"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed generations per fresh process (after a warm-up); its median (llama-bench: mean)")
     parser.add_argument("--threads", type=int, nargs="+", default=DEFAULT_THREADS,
                         help=f"thread counts, each runtime at each (default: {' '.join(map(str, DEFAULT_THREADS))})")
     parser.add_argument("--prompt-len", type=int, default=128)
@@ -410,7 +416,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.genai_worker:
-        print(json.dumps(genai_worker(args.genai_worker, args.vocab, args.prompt_len, args.new_tokens)))
+        print(json.dumps(genai_worker(args.genai_worker, args.vocab, args.prompt_len, args.new_tokens, args.repeats)))
         return
     if args.profile:
         print(profile(args.profile, args.prompt_len, args.new_tokens, args.threads[-1]))
@@ -422,7 +428,7 @@ def main() -> None:
         return
     before = _loadavg()
     start = time.perf_counter()
-    results, bandwidths = run_rounds(specs, args.rounds, args.prompt_len, args.new_tokens)
+    results, bandwidths = run_rounds(specs, args.rounds, args.prompt_len, args.new_tokens, args.repeats)
     table, rows = report(specs, results, bandwidths, args.prompt_len, args.new_tokens, args.rounds,
                          (before, _loadavg()))
     info = versions(results)
