@@ -8,6 +8,7 @@ random checkpoint (issue 9).
 Prepares, once per --work folder (default /tmp/llamaport-int4-peers; reused between runs):
   * llamaport int4 `ort` engines via the CLI: SmolLM2 with `--method gguf` (the asset's own Q4_1 codes), the 1B with
     RTN at its defaults (largest group that divides every layer; int8 activations, int8 head), `--max-seq 512`;
+    both models also with RTN at genai's settings (`--symmetric --lm-head int4`: GENAI_LIKE);
   * llama.cpp GGUFs: the SmolLM2 asset as-is (Q4_1); for the 1B, convert_hf_to_gguf.py to f16, then llama-quantize
     to Q4_0 and Q4_K_M;
   * onnxruntime-genai int4 CPU models from its builder (`-p int4 -e cpu`, its defaults: symmetric, accuracy level 4,
@@ -63,10 +64,15 @@ def _run(cmd: list, log: list) -> None:
     print(f"  {wall:.0f} s, {rss:.0f} MB: {' '.join(str(c) for c in cmd)[:160]}", flush=True)
 
 
-def _llamaport_export(src: Path, out: Path, method: str, log: list, verify: bool) -> Path:
+# onnxruntime-genai's int4 defaults in our flags: symmetric codes, an int4 head (ours defaults to asymmetric codes
+# and an int8 head, for quality). Benchmarked beside our defaults so each runtime is also seen at the same settings.
+GENAI_LIKE = ["--symmetric", "--lm-head", "int4"]
+
+
+def _llamaport_export(src: Path, out: Path, method: str, log: list, verify: bool, flags: list[str] = ()) -> Path:
     if not (out / "manifest.json").exists():
         _run([sys.executable, "-m", "llamaport.cli", "export", src, "-o", out, "--target", "ort", "--quant", "int4",
-              "--method", method, "--max-seq", "512", "--quiet", "--overwrite"]
+              "--method", method, "--max-seq", "512", "--quiet", "--overwrite", *flags]
              + ([] if verify else ["--skip-verify"]), log)
     return out
 
@@ -143,6 +149,8 @@ def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: P
         # MatMulNBits (what the GGUF codes' float minimums cost; see --profile). Lossy against the asset's codes.
         rtn = _llamaport_export(gguf, folder / "llamaport-int4-rtn", "rtn", log, verify=True)
         add("smollm2", "llamaport", "llamaport int4 ort (RTN defaults, int8 head)", rtn, config)
+        like = _llamaport_export(gguf, folder / "llamaport-int4-rtn-sym-head4", "rtn", log, True, GENAI_LIKE)
+        add("smollm2", "llamaport", "llamaport int4 ort (RTN symmetric, int4 head)", like, config)
         if have_llama:
             add("smollm2", "llama.cpp", "llama.cpp Q4_1 (the asset)", gguf, config)
         if have_genai:
@@ -162,6 +170,8 @@ def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: P
         ours = _llamaport_export(checkpoint_1b, folder / "llamaport-int4-rtn", "rtn", log, verify=False)
         config = _config(ours)
         add("1b", "llamaport", "llamaport int4 ort (RTN defaults, int8 head)", ours, config)
+        like = _llamaport_export(checkpoint_1b, folder / "llamaport-int4-rtn-sym-head4", "rtn", log, False, GENAI_LIKE)
+        add("1b", "llamaport", "llamaport int4 ort (RTN symmetric, int4 head)", like, config)
         if have_llama:
             for kind, path in _llama_cpp_ggufs(checkpoint_1b, folder, log).items():
                 add("1b", "llama.cpp", f"llama.cpp {kind}", path, config)
