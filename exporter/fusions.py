@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import onnx
 
+from .quant_lowering import alias_reshaped_initializers
+
 
 def prune_unused_outputs(model: onnx.ModelProto) -> None:
     graph = model.graph
@@ -103,4 +105,5 @@ def postprocess(path, target: str) -> None:
     if target == "ort":
         pack_qkv(model)
         fuse_skip_rmsnorm(model)
+        alias_reshaped_initializers(model, path)  # a tied int4 engine's embedding reads the head's stored codes
     onnx.save(model, str(path))

@@ -37,7 +37,7 @@ from llamaport.models.quantized import QuantizedWeight
 from .quant import QuantMethod, QuantSpec, resolve_spec
 from .quant_lowering import (Form, LazyInitializer, WeightSource, ZeroKind, _Emitter, dq_nodes, gather_nodes,
                              matmulnbits_nodes)
-from .quant_methods import gguf_codes, rtn
+from .quant_methods import gguf_codes, hqq, rtn
 
 EagerCodes = dict[str, Callable[[], QuantizedWeight]]
 GRAPH_PREFIX = "model."  # the graph wraps the model as `self.model` (weights.GRAPH_PREFIX)
@@ -83,6 +83,11 @@ def _parameter_of(name: str, source, shape_nk: tuple[int, int], candidates: dict
 def _rtn_source(name: str, load: Callable[[], torch.Tensor], shape, bits, group, symmetric) -> WeightSource:
     return WeightSource(name, shape, bits, group, ZeroKind.NONE if symmetric else ZeroKind.INT,
                         lambda: rtn(load(), bits, group, symmetric))
+
+
+def _hqq_source(name: str, load: Callable[[], torch.Tensor], shape, bits, group, symmetric) -> WeightSource:
+    return WeightSource(name, shape, bits, group, ZeroKind.NONE if symmetric else ZeroKind.INT,
+                        lambda: hqq(load(), bits, group, symmetric))
 
 
 def _gguf_source(name: str, param: str, get: Callable[[str], QuantizedWeight | None], shape, fallback) -> WeightSource:
@@ -185,6 +190,8 @@ def quantize_traced(traced, spec: QuantSpec, target: str, dtype: torch.dtype, co
             q = precomputed[param]
             return WeightSource(base, (n, k), q.bits, q.group,
                                 ZeroKind.NONE if q.zero is None else ZeroKind.INT, lambda: q)
+        if spec.method is QuantMethod.HQQ and not is_head:  # the head keeps int8 RTN (shared with the Gather)
+            return _hqq_source(base, load, (n, k), bits, group, symmetric)
         if get is not None:
             gg = _gguf_source(base, param, get, (n, k), rtn_src)
             if gg is rtn_src:
@@ -217,6 +224,7 @@ def quantize_traced(traced, spec: QuantSpec, target: str, dtype: torch.dtype, co
         if head_bits is None:
             continue
         src = shared.get(param)
+        head_codes = src is not None and param == "lm_head.weight"  # the head's MatMulNBits B holds them (ort)
         if src is None:  # untied embedding: its own source, (V, H) as stored
             s = sources[init]
             src = _rtn_source(GRAPH_PREFIX + "model.embed_tokens.weight", lambda s=s: s.load().float(),
@@ -229,7 +237,7 @@ def quantize_traced(traced, spec: QuantSpec, target: str, dtype: torch.dtype, co
         if src.zero is not ZeroKind.NONE:
             raise LlamaportError("the embedding's codes have zero points, which GatherBlockQuantized cannot take; "
                                  "use --lm-head int8")
-        protos = gather_nodes(em, src, form, node.inputs[1].name, node.outputs[0].name, act)
+        protos = gather_nodes(em, src, form, node.inputs[1].name, node.outputs[0].name, act, tied=head_codes)
         _replace(graph, node, protos, em, values)
     for node in transposes:  # a Transpose of a weight the head's MatMul no longer reads
         if node.graph is not None and not any(out.uses() for out in node.outputs):

@@ -5,7 +5,8 @@ fused), and the token embedding as `Gather(E, input_ids)` with E (V, H) (for tie
 transposed copy for the head's MatMul). `quantize_graph` swaps those for, per target:
 
 - ort:  com.microsoft.MatMulNBits(x, B, scales[, zero_points]) (bits 4, or 8 for the head) and
-        com.microsoft.GatherBlockQuantized(data, ids, scales[, zero_points]) for the embedding;
+        com.microsoft.GatherBlockQuantized(data, ids, scales[, zero_points]) for the embedding (a tied one reads
+        the head's B and scales: one stored copy, see gather_nodes and alias_reshaped_initializers);
 - onnx: DequantizeLinear(int4/uint4 (K, N), scales (K/g, N)[, zero], axis=0, block_size=g) -> MatMul, and
         DequantizeLinear(axis=1) -> Gather for the embedding; GGUF Q4_1's float minimums are added after the DQ
         (DequantizeLinear has no float zero point);
@@ -20,6 +21,7 @@ holds one weight at a time. `attach_initializers` embeds them for small graphs a
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -117,13 +119,19 @@ def _scales(q: QuantizedWeight, dtype: np.dtype, transpose: bool) -> np.ndarray:
     return np.ascontiguousarray(s.T if transpose else s)
 
 
+def _matmulnbits_b(em: _Emitter, src: WeightSource) -> str:
+    """MatMulNBits' B (N, K/g, g*bits/8) uint8; a tied embedding's GatherBlockQuantized reads the same bytes."""
+    n, k = src.shape
+    return em.add(src, f"q{src.bits}", TensorProto.UINT8, (n, k // src.group, src.group * src.bits // 8),
+                  pack.pack_matmulnbits_b)
+
+
 def matmulnbits_nodes(em: _Emitter, src: WeightSource, x: str, out: str, act: np.dtype,
                       level: AccuracyLevel) -> list[onnx.NodeProto]:
     n, k = src.shape
     blocks = k // src.group
-    b = em.add(src, f"q{src.bits}", TensorProto.UINT8, (n, blocks, src.group * src.bits // 8), pack.pack_matmulnbits_b)
-    s = em.add(src, "scales", _NP_TO_ONNX[act], (n, blocks), lambda q: _scales(q, act, False))
-    inputs = [x, b, s]
+    inputs = [x, _matmulnbits_b(em, src), em.add(src, "scales", _NP_TO_ONNX[act], (n, blocks),
+                                                  lambda q: _scales(q, act, False))]
     if src.zero is ZeroKind.INT:
         width = blocks if src.bits == 8 else (blocks + 1) // 2
         inputs.append(em.add(src, "zeros", TensorProto.UINT8, (n, width), pack.pack_zero_points))
@@ -217,11 +225,30 @@ def em_const(em: _Emitter, name: str, values) -> str:
     return name
 
 
-def gather_nodes(em: _Emitter, src: WeightSource, form: Form, ids: str, out: str, act: np.dtype) -> list:
+def gather_nodes(em: _Emitter, src: WeightSource, form: Form, ids: str, out: str, act: np.dtype,
+                 tied: bool = False) -> list:
+    """The embedding lookup of `src` (V, H). `tied`: `src` is also the LM head's, whose codes it reads (ort)."""
     n, k = src.shape  # (V, H)
     blocks = k // src.group
     if form is Form.ORT:
-        data = em.add(src, f"g{src.bits}", TensorProto.UINT8, (n, k * src.bits // 8), pack.pack_gather_data)
+        nodes = []
+        if tied:
+            # The head's B (V, H/g, g*bits/8) holds the table's bytes in the table's order: per row, the codes along
+            # H, two per byte low nibble first for 4 bits (quant_pack), the layout GatherBlockQuantized reads for
+            # uint8 data (onnxruntime contrib_ops/cpu/quantization/gather_block_quantized.cc, Get4BitElement:
+            # element 2j in the low nibble of byte j; uint8 data needs gather_axis 0 and quantize_axis last). So
+            # the embedding reads B through a Reshape to (V, H*bits/8) and the file stores the codes once.
+            # ONNX Runtime would fold that Reshape into a second in-memory copy at session load, and keep B
+            # resident beside MatMulNBits' prepacked copy (session_state.cc frees a prepacked initializer only
+            # when every reader prepacked it): `alias_reshaped_initializers` replaces it, once the graph is
+            # written, by a second initializer over the same stored bytes, which ONNX Runtime maps on its own:
+            # B is freed after prepacking and the table's pages are read in as rows are gathered, as before.
+            shape = em_const(em, f"{src.name}.g{src.bits}_shape", (n, k * src.bits // 8))
+            data = f"{out}_codes"
+            nodes.append(helper.make_node("Reshape", [_matmulnbits_b(em, src), shape], [data],
+                                          name=f"{out}_Reshape_codes"))
+        else:
+            data = em.add(src, f"g{src.bits}", TensorProto.UINT8, (n, k * src.bits // 8), pack.pack_gather_data)
         s = em.add(src, "scales", _NP_TO_ONNX[act], (n, blocks), lambda q: _scales(q, act, False))
         inputs = [data, ids, s]
         if src.zero is ZeroKind.INT:
@@ -229,9 +256,9 @@ def gather_nodes(em: _Emitter, src: WeightSource, form: Form, ids: str, out: str
                                  lambda q: pack.pack_gather_data(QuantizedWeight(q.zero, q.scales, None, q.bits, 1))))
         elif src.zero is ZeroKind.FLOAT:
             raise ValueError(f"{src.name}: GatherBlockQuantized takes integer zero points only")
-        return [helper.make_node("GatherBlockQuantized", inputs, [out], name=f"{out}_GatherBlockQuantized",
-                                 domain=MS_DOMAIN, bits=src.bits, block_size=src.group, gather_axis=0,
-                                 quantize_axis=1)]
+        return nodes + [helper.make_node("GatherBlockQuantized", inputs, [out], name=f"{out}_GatherBlockQuantized",
+                                         domain=MS_DOMAIN, bits=src.bits, block_size=src.group, gather_axis=0,
+                                         quantize_axis=1)]
     scale_dtype = np.dtype(np.float16) if form is Form.TRT else act
     table = f"{out}_table"
     return dq_nodes(em, src, table, act, scale_dtype, along_k_axis0=False) + [
@@ -267,7 +294,9 @@ def quantize_graph(model: onnx.ModelProto, linears: Mapping[str, WeightSource], 
                 nodes.append(helper.make_node("MatMul", [node.input[0], w], list(node.output), name=node.name))
         elif node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in embeddings:
             replaced.add(node.input[0])
-            nodes += gather_nodes(em, embeddings[node.input[0]], form, node.input[1], node.output[0], act)
+            src = embeddings[node.input[0]]
+            tied = any(lin is src for lin in linears.values())
+            nodes += gather_nodes(em, src, form, node.input[1], node.output[0], act, tied=tied)
         else:
             nodes.append(node)
     still_used = {name for node in nodes for name in node.input}
@@ -282,6 +311,50 @@ def quantize_graph(model: onnx.ModelProto, linears: Mapping[str, WeightSource], 
     if form is Form.ORT and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_operatorsetid(MS_DOMAIN, 1))
     return em.initializers
+
+
+def alias_reshaped_initializers(model: onnx.ModelProto, path) -> int:
+    """Replace each Reshape of an externally stored initializer by a constant shape with an initializer of the new
+    shape over the same stored bytes (a row-major Reshape keeps the bytes); returns how many.
+
+    For a graph saved at `path` with its external data (the small shape constants are read from there). The tied
+    embedding's Reshape of the head's codes (`gather_nodes`) becomes a second initializer entry, not a second copy
+    in the file; ONNX Runtime maps each external initializer on its own, so this costs no memory either.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    aliased, kept, inputs = [], [], set()
+    for node in graph.node:
+        data = inits.get(node.input[0]) if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") else None
+        shape = inits.get(node.input[1]) if data is not None and len(node.input) > 1 else None
+        if shape is None or data.data_location != TensorProto.EXTERNAL or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        dims = [int(d) for d in numpy_helper.to_array(shape, base_dir=folder).reshape(-1)]
+        if any(d <= 0 for d in dims) or int(np.prod(dims)) != int(np.prod(data.dims)):
+            kept.append(node)  # 0 / -1 entries: not worth resolving, ONNX Runtime folds it
+            continue
+        alias = TensorProto(name=node.output[0], data_type=data.data_type, dims=dims,
+                            data_location=TensorProto.EXTERNAL)
+        alias.external_data.extend(data.external_data)
+        aliased.append(alias)
+        inputs.update(node.input)
+    if not aliased:
+        return 0
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(aliased)
+    used = {name for node in graph.node for name in node.input} | outputs
+    initializers = [t for t in graph.initializer if t.name in used or t.name not in inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    new = {t.name for t in aliased}
+    value_info = [v for v in graph.value_info if v.name not in new]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return len(aliased)
 
 
 def attach_initializers(model: onnx.ModelProto, initializers: Mapping[str, LazyInitializer]) -> None:
@@ -310,4 +383,4 @@ def source_from_codes(name: str, q: QuantizedWeight | Callable[[], QuantizedWeig
 
 
 __all__ = ["Form", "ZeroKind", "WeightSource", "LazyInitializer", "quantize_graph", "attach_initializers",
-           "source_from_weight", "source_from_codes"]
+           "alias_reshaped_initializers", "source_from_weight", "source_from_codes"]

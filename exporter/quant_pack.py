@@ -3,7 +3,8 @@
 - MatMulNBits B: uint8 (N, K/block, block*bits/8); 4-bit codes two per byte along K, first in the low nibble.
 - MatMulNBits zero points: uint8 (N, ceil(K/block * bits/8)), packed like B (4-bit) or one per byte (8-bit); float
   zero points are not packed (same dtype and shape as the scales).
-- GatherBlockQuantized data: uint8 (V, H*bits/8), packed along the last axis like B; for 8-bit the same bytes as B.
+- GatherBlockQuantized data: uint8 (V, H*bits/8), packed along the last axis like B: the same bytes as B (4 and
+  8 bits, block sizes even), so a tied embedding reads the head's B.
 - ONNX INT4/UINT4 (DequantizeLinear): numpy arrays of ml_dtypes int4/uint4 (K, N); onnx / onnx-ir pack them (two per
   byte, row-major, first in the low nibble), so no hand-written packing here.
 """
