@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +144,6 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
             reference = DequantizedCheckpoint(checkpoint, codes)
         _write(traced, tmp / GRAPH, options.target, config.num_hidden_layers, progress)
         del traced
-        gc.collect()
         for name, content in checkpoint.tokenizer_files.items():
             (tmp / name).write_bytes(content)
         draft = draft_manifest(
