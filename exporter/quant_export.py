@@ -37,7 +37,7 @@ from llamaport.models.quantized import QuantizedWeight
 from .quant import QuantMethod, QuantSpec, resolve_spec
 from .quant_lowering import (Form, LazyInitializer, WeightSource, ZeroKind, _Emitter, dq_nodes, gather_nodes,
                              matmulnbits_nodes)
-from .quant_methods import gguf_codes, hqq, rtn
+from .quant_methods import gguf_codes, rtn
 
 EagerCodes = dict[str, Callable[[], QuantizedWeight]]
 GRAPH_PREFIX = "model."  # the graph wraps the model as `self.model` (weights.GRAPH_PREFIX)
@@ -83,11 +83,6 @@ def _parameter_of(name: str, source, shape_nk: tuple[int, int], candidates: dict
 def _rtn_source(name: str, load: Callable[[], torch.Tensor], shape, bits, group, symmetric) -> WeightSource:
     return WeightSource(name, shape, bits, group, ZeroKind.NONE if symmetric else ZeroKind.INT,
                         lambda: rtn(load(), bits, group, symmetric))
-
-
-def _hqq_source(name: str, load: Callable[[], torch.Tensor], shape, bits, group, symmetric) -> WeightSource:
-    return WeightSource(name, shape, bits, group, ZeroKind.NONE if symmetric else ZeroKind.INT,
-                        lambda: hqq(load(), bits, group, symmetric))
 
 
 def _gguf_source(name: str, param: str, get: Callable[[str], QuantizedWeight | None], shape, fallback) -> WeightSource:
@@ -190,8 +185,6 @@ def quantize_traced(traced, spec: QuantSpec, target: str, dtype: torch.dtype, co
             q = precomputed[param]
             return WeightSource(base, (n, k), q.bits, q.group,
                                 ZeroKind.NONE if q.zero is None else ZeroKind.INT, lambda: q)
-        if spec.method is QuantMethod.HQQ and not is_head:  # the head keeps int8 RTN (shared with the Gather)
-            return _hqq_source(base, load, (n, k), bits, group, symmetric)
         if get is not None:
             gg = _gguf_source(base, param, get, (n, k), rtn_src)
             if gg is rtn_src:
