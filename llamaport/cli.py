@@ -133,7 +133,8 @@ def info(src, as_json):
 @click.option("--quant", type=click.Choice(["none", "int4"]), default="none", show_default=True,
               help="Weight-only quantization of the linear layers.")
 @click.option("--method", default="rtn", show_default=True,
-              help="int4 method: rtn, gptq (calibrated) or gguf (carry a Q4_0/Q4_1 GGUF's own codes).")
+              help="int4 method: rtn, hqq (calibration-free, closer than rtn; ort/onnx), gptq (calibrated) or gguf "
+                   "(carry a Q4_0/Q4_1 GGUF's own codes).")
 @click.option("--group-size", type=int, default=None,
               help="int4 block size along K: 32, 64 or 128 (default: the largest that divides every layer).")
 @click.option("--lm-head", default="int8", show_default=True, help="LM head and embedding: int8, int4 or none.")
@@ -412,12 +413,15 @@ def check(engine_dir, reference, prompts_file, text_file, greedy_tokens, as_json
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(f"{'prompt':42} {'max|d|':>9} {'cos':>9} {'KL':>9} {'top1':>5} {'top5':>5} {'greedy':>6}")
+        cos = "cos" if report["cosine_of"] == "logits" else "cos (c)"  # centered logits (int4: see CosineOf)
+        click.echo(f"{'prompt':42} {'max|d|':>9} {cos:>9} {'KL':>9} {'top1':>5} {'top5':>5} {'greedy':>6}")
         for r in report["prompts"]:
             click.echo(f"{r['prompt'][:40]!r:42} {r['max_abs_diff']:9.2e} {r['cosine']:9.6f} {r['kl']:9.2e} "
                        f"{r['top1']:5.2f} {r['top5']:5.2f} {r['greedy_match']:6.2f}")
         ppl = report["perplexity"]
         click.echo(f"perplexity: eager {ppl['reference']:.4f}, engine {ppl['engine']:.4f} ({ppl['tokens']} tokens)")
+        if report["cosine_of"] != "logits":
+            click.echo("cos (c): cosine of the logits less their mean (softmax ignores a shift of every logit)")
         click.echo("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
     if not report["passed"]:
         sys.exit(1)

@@ -1,9 +1,10 @@
 """`llamaport check`: an engine against the eager PyTorch model, in numbers, with per-precision thresholds.
 
 Per prompt: max/mean/median |logit diff| (Polygraphy's SimpleCompareFunc, the comparison TensorRT users know from
-`polygraphy run --atol`), cosine similarity, KL(eager || engine), top-1 and top-5 agreement, and the fraction of N
-greedy tokens both generate identically. On a text: perplexity of each and the relative delta. Polygraphy has no
-distribution metrics, so cosine/KL/top-k/perplexity are computed here with NumPy.
+`polygraphy run --atol`), cosine similarity at the worst position (of what the precision's threshold row names:
+the logits, or for int4 the logits less their mean, see `CosineOf`), KL(eager || engine), top-1 and top-5
+agreement, and the fraction of N greedy tokens both generate identically. On a text: perplexity of each and the
+relative delta. Polygraphy has no distribution metrics, so cosine/KL/top-k/perplexity are computed here with NumPy.
 Needs torch (the eager reference) and polygraphy: both come with the `[export]` extra.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from llamaport.enginedir import CosineOf
 from llamaport.enginedir import thresholds as thresholds_for
 from llamaport.errors import LlamaportError
 
@@ -77,10 +79,18 @@ def elementwise_error(expected: np.ndarray, got: np.ndarray) -> dict:
             "median_abs_diff": float(result.median_absdiff)}
 
 
-def compare_logits(expected: np.ndarray, got: np.ndarray) -> dict:
-    """Metrics over positions for (S, V) logits."""
+def cosine(expected: np.ndarray, got: np.ndarray, of: CosineOf = CosineOf.LOGITS) -> np.ndarray:
+    """(S,) cosine similarity per position of (S, V) logits, of what `of` names."""
+    if of is CosineOf.CENTERED_LOGITS:  # softmax ignores a constant added to a row, so the cosine must too
+        expected = expected - expected.mean(-1, keepdims=True)  # (S, V)
+        got = got - got.mean(-1, keepdims=True)  # (S, V)
+    return (expected * got).sum(-1) / (np.linalg.norm(expected, axis=-1) * np.linalg.norm(got, axis=-1))
+
+
+def compare_logits(expected: np.ndarray, got: np.ndarray, cosine_of: CosineOf = CosineOf.LOGITS) -> dict:
+    """Metrics over positions for (S, V) logits; `cosine` is the worst position's."""
     expected, got = np.asarray(expected, np.float32), np.asarray(got, np.float32)
-    cos = (expected * got).sum(-1) / (np.linalg.norm(expected, axis=-1) * np.linalg.norm(got, axis=-1))
+    cos = cosine(expected, got, cosine_of)  # (S,)
     log_p, log_q = _log_softmax(expected), _log_softmax(got)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
     top1_ref = expected.argmax(-1)
@@ -131,6 +141,7 @@ def _check_inputs(engine: Engine, prompts, text, greedy_tokens):
 def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = None, text: str | None = None,
               greedy_tokens: int = 16, dtype: str = "fp32", quantization: dict | None = None) -> dict:
     tokenizer = _check_inputs(engine, prompts, text, greedy_tokens)
+    precision = thresholds_for(dtype, quantization)
     rows = []
     for prompt in PROMPTS if prompts is None else prompts:
         ids = tokenizer.encode(prompt)
@@ -139,14 +150,14 @@ def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = Non
                 f"check prompt {prompt[:40]!r} is {len(ids)} tokens; with {greedy_tokens} greedy tokens it exceeds "
                 f"the engine's max_seq {engine.max_seq}; shorten it or lower --greedy-tokens"
             )
-        metrics = compare_logits(reference.logits(ids), engine.logits(ids))
+        metrics = compare_logits(reference.logits(ids), engine.logits(ids), precision.check_cosine_of)
         metrics["greedy_match"] = greedy_match(engine, reference, ids, greedy_tokens)
         rows.append(PromptReport(prompt, **metrics))
     text_ids = tokenizer.encode(text or TEXT)[: engine.max_seq]
     if len(text_ids) < 2:
         raise LlamaportError(f"the perplexity text is {len(text_ids)} token(s); perplexity needs at least 2")
     ppl_ref, ppl_engine = perplexity(reference.logits(text_ids), text_ids), perplexity(engine.logits(text_ids), text_ids)
-    bounds = thresholds_for(dtype, quantization).check
+    bounds = precision.check
     thresholds = asdict(bounds)
     worst = {
         "max_abs_diff": max(r.max_abs_diff for r in rows),
@@ -160,6 +171,7 @@ def run_check(engine: Engine, reference: Engine, prompts: list[str] | None = Non
     failures = bounds.failures(worst)
     return {
         "dtype": dtype,
+        "cosine_of": str(precision.check_cosine_of),
         "prompts": [asdict(r) for r in rows],
         "perplexity": {"reference": ppl_ref, "engine": ppl_engine, "tokens": len(text_ids)},
         "worst": worst,
