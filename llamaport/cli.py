@@ -133,8 +133,7 @@ def info(src, as_json):
 @click.option("--quant", type=click.Choice(["none", "int4"]), default="none", show_default=True,
               help="Weight-only quantization of the linear layers.")
 @click.option("--method", default="rtn", show_default=True,
-              help="int4 method: rtn, hqq (calibration-free, closer than rtn; ort/onnx), gptq (calibrated) or gguf "
-                   "(carry a Q4_0/Q4_1 GGUF's own codes).")
+              help="int4 method: rtn, gptq (calibrated) or gguf (carry a Q4_0/Q4_1 GGUF's own codes).")
 @click.option("--group-size", type=int, default=None,
               help="int4 block size along K: 32, 64 or 128 (default: the largest that divides every layer).")
 @click.option("--lm-head", default="int8", show_default=True, help="LM head and embedding: int8, int4 or none.")
