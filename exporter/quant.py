@@ -104,8 +104,8 @@ def resolve_spec(spec: QuantSpec, target: str, linears: Mapping[str, tuple[int, 
         symmetric = trt  # asymmetric codes use all 16 levels for lopsided blocks; TensorRT takes symmetric only
     if trt and not symmetric:
         raise LlamaportError("--target trt takes symmetric int4 weights only (TensorRT's INT4 weight-only path has no "
-                             "zero points); drop --asymmetric (symmetric is the default for trt), or use --target ort / onnx for "
-                             "asymmetric codes")
+                             "zero points); drop --asymmetric (symmetric is the default for trt), or use --target ort "
+                             "/ onnx for asymmetric codes")
     if trt and spec.method is QuantMethod.GGUF:
         raise LlamaportError("--method gguf carries GGUF's 32-wide blocks (and Q4_1's minimums), which TensorRT's "
                              "int4 path cannot take (block 64 or 128, symmetric); use --method rtn or gptq with "

@@ -412,14 +412,17 @@ def check(engine_dir, reference, prompts_file, text_file, greedy_tokens, as_json
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        cos = "cos" if report["cosine_of"] == "logits" else "cos (c)"  # centered logits (int4: see CosineOf)
+        from llamaport.enginedir import CosineOf
+
+        centered = report["cosine_of"] == CosineOf.CENTERED_LOGITS  # int4 engines (see CosineOf)
+        cos = "cos (c)" if centered else "cos"
         click.echo(f"{'prompt':42} {'max|d|':>9} {cos:>9} {'KL':>9} {'top1':>5} {'top5':>5} {'greedy':>6}")
         for r in report["prompts"]:
             click.echo(f"{r['prompt'][:40]!r:42} {r['max_abs_diff']:9.2e} {r['cosine']:9.6f} {r['kl']:9.2e} "
                        f"{r['top1']:5.2f} {r['top5']:5.2f} {r['greedy_match']:6.2f}")
         ppl = report["perplexity"]
         click.echo(f"perplexity: eager {ppl['reference']:.4f}, engine {ppl['engine']:.4f} ({ppl['tokens']} tokens)")
-        if report["cosine_of"] != "logits":
+        if centered:
             click.echo("cos (c): cosine of the logits less their mean (softmax ignores a shift of every logit)")
         click.echo("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
     if not report["passed"]:
