@@ -322,6 +322,7 @@ def alias_reshaped_initializers(model: onnx.ModelProto, path) -> int:
     in the file; ONNX Runtime maps each external initializer on its own, so this costs no memory either.
     """
     graph = model.graph
+    folder = os.path.dirname(os.path.abspath(path))
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     aliased, kept, inputs = [], [], set()
@@ -331,7 +332,6 @@ def alias_reshaped_initializers(model: onnx.ModelProto, path) -> int:
         if shape is None or data.data_location != TensorProto.EXTERNAL or node.output[0] in outputs:
             kept.append(node)
             continue
-        folder = os.path.dirname(os.path.abspath(path))
         dims = [int(d) for d in numpy_helper.to_array(shape, base_dir=folder).reshape(-1)]
         if any(d <= 0 for d in dims) or int(np.prod(dims)) != int(np.prod(data.dims)):
             kept.append(node)  # 0 / -1 entries: not worth resolving, ONNX Runtime folds it

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from llamaport.enginedir import BackendName, DType, LogitsMode, Target, Task  # light: no torch, no onnx
+from llamaport.enginedir import BackendName, CosineOf, DType, LogitsMode, Target, Task  # light: no torch, no onnx
 
 
 def _one_of(kind) -> str:
@@ -412,8 +412,6 @@ def check(engine_dir, reference, prompts_file, text_file, greedy_tokens, as_json
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        from llamaport.enginedir import CosineOf
-
         centered = report["cosine_of"] == CosineOf.CENTERED_LOGITS  # int4 engines (see CosineOf)
         cos = "cos (c)" if centered else "cos"
         click.echo(f"{'prompt':42} {'max|d|':>9} {cos:>9} {'KL':>9} {'top1':>5} {'top5':>5} {'greedy':>6}")
