@@ -56,6 +56,6 @@ setup(
     package_data={"llamaport.exporter": ["calibration.txt"]},  # GPTQ's built-in calibration text
     install_requires=RUNTIME,
     extras_require={"export": EXPORT, "tensorrt": TENSORRT, "cuda": CUDA, "plot": PLOT, "dev": DEV},
-    entry_points={"console_scripts": ["llamaport=llamaport.cli:main"]},
+    entry_points={"console_scripts": ["llamaport=llamaport.cli:run"]},
     license="Apache-2.0",
 )

@@ -30,7 +30,7 @@ def text_ids(tokenizer_files: dict[str, bytes]) -> list[int] | None:
 def _logits(checkpoint: Checkpoint, ids: list[int], progress: Callable[[], None] | None) -> np.ndarray:
     tokens = torch.tensor([ids], dtype=torch.int64)  # (1, T)
     step = Step(tokens, torch.zeros(1, dtype=torch.int64), torch.tensor([len(ids)]))
-    return layerwise_logits(checkpoint, [step], len(ids), progress, all_positions=True)[0][0]  # (T, V)
+    return layerwise_logits(checkpoint, [step], progress, all_positions=True)[0][0]  # (T, V)
 
 
 def weight_quality(checkpoint: Checkpoint, dequantized: Checkpoint, ids: list[int] | None,

@@ -206,7 +206,7 @@ def verify_export(folder: Path, manifest: Manifest, checkpoint: Checkpoint, sche
         gc.collect()
     if progress is not None:
         progress("graph")
-    expected = layerwise_logits(checkpoint, schedule_steps(schedule.prompts, tokens), manifest.max_seq,
+    expected = layerwise_logits(checkpoint, schedule_steps(schedule.prompts, tokens),
                                 None if progress is None else lambda: progress("reference"))
     return compare(expected, got, manifest.dtype, name, manifest.quantization)
 

@@ -360,6 +360,24 @@ def test_chat_with_stdin_closed_ends_without_a_traceback(tiny):
     assert done.returncode == 0 or "standard input, which is closed" in done.stderr
 
 
+def test_console_command_runs_atexit_flushes_its_output_and_exits_with_the_command_code(tiny):
+    """`run` ends the process with os._exit (a fast exit): what a normal exit does must still happen."""
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        atexit.register(lambda: print("atexit ran"))
+        sys.argv = ["llamaport", "generate", {str(tiny / "eng")!r}, "-p", "a b", "--max-new-tokens", "2", "--json"]
+        from llamaport.cli import run
+        run()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    body, ran = done.stdout.rstrip().rsplit("\n", 1)
+    assert json.loads(body)["token_ids"] and ran == "atexit ran"
+    refused = subprocess.run([sys.executable, "-m", "llamaport.cli", "generate", str(tiny / "missing")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: "), refused.stderr
+
+
 def test_option_tables_match_the_exporter():
     from llamaport import export_options
     from llamaport.exporter import export

@@ -78,7 +78,7 @@ def test_fake_weight_trace_gives_the_same_graph_as_tracing_the_real_model(target
 def test_layer_by_layer_reference_equals_the_whole_eager_model(checkpoint_dir):
     schedule = Schedule([[5, 9, 11, 3, 7], [4, 8, 2]], steps=6)
     expected, tokens = eager_logits(load_model(checkpoint_dir), schedule, 32)
-    got = layerwise_logits(read_checkpoint(checkpoint_dir), schedule_steps(schedule.prompts, tokens[:-1]), 32)
+    got = layerwise_logits(read_checkpoint(checkpoint_dir), schedule_steps(schedule.prompts, tokens[:-1]))
     assert len(got) == 7 and all(np.array_equal(e, g) for e, g in zip(expected, got))
 
 

@@ -55,7 +55,7 @@ def test_quality_of_unchanged_weights_is_perfect(tiny_engine):
 def test_layerwise_logits_at_every_position_end_with_the_last_token_logits(tiny_engine):
     checkpoint = read_checkpoint(tiny_engine[0])
     steps = schedule_steps([[1, 5, 9, 11]], [])
-    last = layerwise_logits(checkpoint, steps, 8)[0]  # (1, V)
-    every = layerwise_logits(checkpoint, steps, 8, all_positions=True)[0]  # (1, 4, V)
+    last = layerwise_logits(checkpoint, steps)[0]  # (1, V)
+    every = layerwise_logits(checkpoint, steps, all_positions=True)[0]  # (1, 4, V)
     assert every.shape[:2] == (1, 4)
     torch.testing.assert_close(torch.from_numpy(every[:, -1]), torch.from_numpy(last))
