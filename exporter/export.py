@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import torch
 from tqdm import tqdm
 
 from llamaport.atomic import atomic_output_dir
-from llamaport.enginedir import (GRAPH, DType, LogitsMode, Manifest, Target, Task, file_records, parse,
-                                 save_manifest)
+from llamaport.enginedir import GRAPH, DType, LogitsMode, Manifest, Target, Task, parse, save_manifest
 from llamaport.errors import LlamaportError
 from llamaport.export_options import check_export_options
 from llamaport.models import read_checkpoint
@@ -148,25 +146,17 @@ def export_engine(src: str | Path, out: str | Path, options: ExportOptions = Exp
         del traced
         for name, content in checkpoint.tokenizer_files.items():
             (tmp / name).write_bytes(content)
-        hasher = ThreadPoolExecutor(max_workers=1)
-        try:
-            # Hashing the written files (0.3 s of SmolLM2's 540 MB) runs beside verification, which opens the
-            # engine through the draft (file sizes only); the manifest is saved with the hashes.
-            hashed = hasher.submit(file_records, tmp)
-            draft = draft_manifest(
-                tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
-                task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
-                logits=options.logits, tokenizer=checkpoint.tokenizer_kind, quantization=quantization,
-                files=file_records(tmp, hashes=False),
-            )
-            accuracy = None
-            if options.verify and options.task is Task.CAUSAL_LM:
-                schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
-                accuracy = _verify(tmp, draft, reference, schedule, progress)
-                if quantization is not None:
-                    quantization = {**quantization, "quality": _quality(checkpoint, reference, progress)}
-            updates = {"quantization": quantization} if quantization else {}  # no key at all for float engines
-            manifest = save_manifest(draft, files=hashed.result(), verification=accuracy, **updates)
-        finally:
-            hasher.shutdown(wait=False)  # on failure or Ctrl-C, not waiting for gigabytes to hash
+        draft = draft_manifest(
+            tmp, source=str(Path(src).resolve()), config=config.to_hf_dict(), target=options.target,
+            task=options.task, dtype=options.dtype, max_seq=options.max_seq, max_batch=options.max_batch,
+            logits=options.logits, tokenizer=checkpoint.tokenizer_kind, quantization=quantization,
+        )
+        accuracy = None
+        if options.verify and options.task is Task.CAUSAL_LM:
+            schedule = Schedule.default(config, options.max_batch, options.max_seq, options.verify_steps)
+            accuracy = _verify(tmp, draft, reference, schedule, progress)
+            if quantization is not None:
+                quantization = {**quantization, "quality": _quality(checkpoint, reference, progress)}
+        updates = {"quantization": quantization} if quantization else {}  # no key at all for float engines
+        manifest = save_manifest(draft, verification=accuracy, **updates)
     return manifest

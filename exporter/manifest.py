@@ -41,11 +41,11 @@ def io_signature(model_path: Path) -> dict:
 
 
 def draft_manifest(folder: Path, *, source: str, config: dict, target: str, task: str, dtype: str, max_seq: int,
-                   max_batch: int, logits: str, tokenizer: str | None, quantization: dict | None = None,
-                   files: dict[str, dict] | None = None) -> enginedir.Manifest:
+                   max_batch: int, logits: str, tokenizer: str | None,
+                   quantization: dict | None = None) -> enginedir.Manifest:
     """`folder`'s manifest, not yet written, with the signature of `folder`/model.onnx (enginedir.draft_manifest)."""
     return enginedir.draft_manifest(
-        folder, files, source=source, config=config, target=target, task=task, dtype=dtype, max_seq=max_seq,
+        folder, source=source, config=config, target=target, task=task, dtype=dtype, max_seq=max_seq,
         max_batch=max_batch, logits=logits, tokenizer=tokenizer, **io_signature(Path(folder) / GRAPH),
         producer={name: _version(name) for name in PRODUCERS}, verification=None, quantization=quantization,
     )

@@ -515,40 +515,30 @@ def manifest_dict(*, source: str | None, config: dict, target: Target | str, tas
     }
 
 
-# A draft's sha256 while its file is still being hashed: opening an engine checks sizes only, so export verifies
-# beside the hashing; save_manifest refuses to write it.
-UNHASHED = "0" * 64
-
-
-def file_records(folder: Path, hashes: bool = True) -> dict[str, dict]:
-    """{name: {sha256, bytes}} of every file in `folder` but the manifest, sorted by name (sha256 UNHASHED
-    without `hashes`)."""
-    return {p.name: {"sha256": sha256(p) if hashes else UNHASHED, "bytes": p.stat().st_size}
+def file_records(folder: Path) -> dict[str, dict]:
+    """{name: {sha256, bytes}} of every file in `folder` but the manifest, sorted by name."""
+    return {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
             for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST}
 
 
-def draft_manifest(folder: str | Path, files: dict[str, dict] | None = None, **fields: Any) -> Manifest:
+def draft_manifest(folder: str | Path, **fields: Any) -> Manifest:
     """The manifest of `folder` recording every file now in it, validated but not yet written.
 
-    `fields` are manifest_dict's, less `files` (file_records' form; hashed now when not given). Export opens its
-    engine through the runtime with the draft (to verify it) before `save_manifest` writes it with the result.
+    `fields` are manifest_dict's, less `files`. Export opens its engine through the runtime with the draft (to
+    verify it) before `save_manifest` writes it with the result.
     """
     folder = Path(folder)
-    data = manifest_dict(**fields, files=file_records(folder) if files is None else files)
+    data = manifest_dict(**fields, files=file_records(folder))
     return parse_manifest(json.loads(json.dumps(data)), folder / MANIFEST)
 
 
 def save_manifest(draft: Manifest, **updates: Any) -> dict:
-    """Write `draft` (with top-level `updates`, e.g. verification=..., files=...) to its path; returns the JSON.
+    """Write `draft` (with top-level `updates`, e.g. verification=...) to its path; returns the JSON object.
 
     What is written is read back through the validating reader, so an exporter cannot write a manifest the runtime
     would refuse.
     """
     data = {**draft.data, **updates}
-    unhashed = [name for name, entry in data["files"].items()
-                if isinstance(entry, dict) and entry.get("sha256") == UNHASHED]
-    if unhashed:
-        raise ValueError(f"{draft.path}: saved before {unhashed[0]} was hashed; pass files=file_records(folder)")
     parse_manifest(json.loads(json.dumps(data)), draft.path)
     draft.path.write_text(json.dumps(data, indent=2) + "\n")
     return data
