@@ -1,0 +1,70 @@
+"""The ONNX Runtime backend moves a fresh session's memory onto transparent huge pages (backends/hugepages.py)."""
+
+import mmap
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llamaport.runtime.backends import hugepages
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _thp_mode() -> str:
+    text = THP.read_text() if THP.exists() else "[never]"
+    return text[text.index("[") + 1 : text.index("]")]
+
+
+def _anon_huge_kb(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address`, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _written_region(size: int) -> tuple[mmap.mmap, int]:
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    array = np.frombuffer(region, np.uint8)
+    array[:] = 1  # resident, as prepacked weights are
+    address = array.ctypes.data
+    del array
+    return region, address
+
+
+def test_only_the_parts_of_ranges_not_mapped_before_count_as_new():
+    before = [(100, 200), (300, 400)]
+    assert hugepages._subtract([(0, 500)], before) == [(0, 100), (200, 300), (400, 500)]
+    assert hugepages._subtract([(150, 350), (600, 700)], before) == [(200, 300), (600, 700)]
+    assert hugepages._subtract([(100, 200)], before) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _thp_mode() not in ("madvise", "always"),
+                    reason="transparent huge pages are Linux-only and need THP set to madvise or always")
+def test_memory_mapped_after_the_snapshot_is_collapsed_and_older_memory_is_left_alone():
+    size = 8 * hugepages.HUGE_PAGE
+    old, old_address = _written_region(size)
+    before = hugepages.anonymous_ranges()
+    new, new_address = _written_region(size)
+    try:
+        collapsed = hugepages.collapse_new(before)
+        if collapsed == 0:
+            pytest.skip("this kernel has no MADV_COLLAPSE (Linux 6.1+) or no free huge pages")
+        assert collapsed >= size - hugepages.HUGE_PAGE  # all but the unaligned ends
+        assert _anon_huge_kb(new_address) >= (size - 2 * hugepages.HUGE_PAGE) // 1024
+        if _thp_mode() == "madvise":  # under "always" the kernel may have made it huge on its own
+            assert _anon_huge_kb(old_address) == 0
+    finally:
+        new.close()
+        old.close()
+
+
+def test_collapse_is_a_no_op_without_a_snapshot():
+    assert hugepages.collapse_new([]) == 0
