@@ -53,6 +53,11 @@ GATHERS = {"Gather", "GatherBlockQuantized"}
 # after every op, so on cores shared with other jobs one descheduled thread stalls the other (measured here under
 # load ~6: tg32 3.9 tok/s at -t 2, 46.8 at -t 1, SmolLM2 Q4_1). Each runtime's best is the faster of its rows.
 DEFAULT_THREADS = sorted({1, THREADS})
+# llamaport moves an ONNX Runtime session's prepacked weights onto transparent huge pages itself
+# (runtime/backends/hugepages.py). The peers do not, but glibc (2.35+) can do it for any process's malloc'd memory:
+# with --peer-huge-pages each peer also runs so (llama.cpp with `-lm none`: its weights read into malloc'd memory,
+# not mapped from the file), at the best settings the environment can give it.
+PEER_HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 # ---------------------------------------------------------------------------------------------------- preparation
@@ -128,8 +133,9 @@ def _config(engine: Path) -> dict:
 
 
 def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: Path,
-            thread_counts: list[int]) -> tuple[list[dict], list]:
-    """Every runtime's files for every model: a list of specs {model, runtime, name, path, config, threads}."""
+            thread_counts: list[int], peer_huge_pages: bool = False) -> tuple[list[dict], list]:
+    """Every runtime's files for every model: a list of specs {model, runtime, name, path, config, threads}, and
+    with `peer_huge_pages` each peer's spec again with huge_pages=True (see PEER_HUGE_PAGES)."""
     specs, log = [], []
     have_llama = (PEERS / "bin" / "llama-bench").exists()
     have_genai = _importable("onnxruntime_genai")
@@ -183,6 +189,9 @@ def prepare(models: list[str], work: Path, assets: Path | None, checkpoint_1b: P
     specs = [dict(s, threads=t, name=f"{s['name']}, {t} thread{'s' if t > 1 else ''}",
                   path=_genai_threads(s["path"], t) if s["runtime"] == "genai" else s["path"])
              for s in specs for t in s["threads"]]
+    if peer_huge_pages:
+        specs += [dict(s, huge_pages=True, name=s["name"] + ", huge pages") for s in specs
+                  if s["runtime"] != "llamaport"]
     missing = [n for n, ok in (("llama.cpp (llama-bench)", have_llama), ("onnxruntime-genai", have_genai)) if not ok]
     if missing:
         print(f"not installed, skipped: {', '.join(missing)} (run sh benchmarks/install_peers.sh)", flush=True)
@@ -239,10 +248,12 @@ def bytes_per_step(spec: dict, context: float) -> tuple[int, float]:
 def measure(spec: dict, prompt_len: int, new_tokens: int, repeats: int) -> dict:
     """One fresh process of one runtime, `repeats` timed generations after a warm-up: {"prefill": tok/s,
     "decode": tok/s} (llama-bench's mean, the others' median)."""
+    env = dict(os.environ, **PEER_HUGE_PAGES) if spec.get("huge_pages") else None
     if spec["runtime"] == "llama.cpp":
+        no_mmap = ["-lm", "none"] if spec.get("huge_pages") else []  # weights read into malloc'd memory, THP's
         out = subprocess.run([PEERS / "bin" / "llama-bench", "-m", spec["path"], "-t", str(spec["threads"]),
-                              "-p", str(prompt_len), "-n", str(new_tokens), "-r", str(repeats), "-o", "json"],
-                             check=True, capture_output=True, text=True)
+                              "-p", str(prompt_len), "-n", str(new_tokens), "-r", str(repeats), "-o", "json",
+                              *no_mmap], check=True, capture_output=True, text=True, env=env)
         rows = json.loads(out.stdout)
         prefill = next(r for r in rows if r["n_prompt"] == prompt_len)["avg_ts"]
         decode = next(r for r in rows if r["n_gen"] == new_tokens)["avg_ts"]
@@ -256,7 +267,8 @@ def measure(spec: dict, prompt_len: int, new_tokens: int, repeats: int) -> dict:
         return {"prefill": report["prefill_tokens_per_s"], "decode": report["decode_tokens_per_s"]}
     out = subprocess.run([sys.executable, __file__, "--genai-worker", str(spec["path"]), "--vocab",
                           str(spec["config"]["vocab_size"]), "--prompt-len", str(prompt_len), "--new-tokens",
-                          str(new_tokens), "--repeats", str(repeats)], check=True, capture_output=True, text=True)
+                          str(new_tokens), "--repeats", str(repeats)], check=True, capture_output=True, text=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -421,6 +433,8 @@ def main() -> None:
                         help="TinyLlama-1.1B-shaped HF folder (default: export_scale.py's, written if missing)")
     parser.add_argument("--json", type=Path, default=None, help="results file (default: WORK/int4_peers.json)")
     parser.add_argument("--prepare-only", action="store_true", help="make the models, measure nothing")
+    parser.add_argument("--peer-huge-pages", action="store_true",
+                        help="also run each peer with glibc's transparent huge pages (PEER_HUGE_PAGES)")
     parser.add_argument("--profile", type=Path, default=None, help="profile this llamaport int4 engine and exit")
     parser.add_argument("--genai-worker", default=None, help=argparse.SUPPRESS)  # internal: one genai measurement
     parser.add_argument("--vocab", type=int, default=None, help=argparse.SUPPRESS)
@@ -432,7 +446,8 @@ def main() -> None:
         print(profile(args.profile, args.prompt_len, args.new_tokens, args.threads[-1]))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    specs, log = prepare(args.models, args.work, find_assets_dir(REPO), args.checkpoint_1b, args.threads)
+    specs, log = prepare(args.models, args.work, find_assets_dir(REPO), args.checkpoint_1b, args.threads,
+                         args.peer_huge_pages)
     if args.prepare_only:
         print(json.dumps(log, indent=1))
         return

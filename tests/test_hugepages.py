@@ -68,3 +68,12 @@ def test_memory_mapped_after_the_snapshot_is_collapsed_and_older_memory_is_left_
 
 def test_collapse_is_a_no_op_without_a_snapshot():
     assert hugepages.collapse_new([]) == 0
+
+
+def test_collapse_is_off_when_the_environment_says_so(monkeypatch):
+    region, _ = _written_region(4 * hugepages.HUGE_PAGE)
+    try:
+        monkeypatch.setenv(hugepages.SWITCH, "0")
+        assert hugepages.collapse_new([(0, 1)]) == 0
+    finally:
+        region.close()

@@ -11,18 +11,22 @@ Measured, 1.1B-shape int4 engine, 2 cores, decode tok/s, medians:
   - alternating fresh processes: 41.5 -> 44.8 (genai 39.3); SmolLM2: 127.7 -> 147.6.
 MADV_COLLAPSE (Linux 6.1+) copies the pages synchronously, once at load, as kernel CPU time: 0.13-0.15 s for the
 1.1B's 540 MB when free huge pages were in use moments before, up to 1.5 s in this VM when they come cold from the
-host (likely its free-page reporting); 0.1 s for SmolLM2. Where /proc or MADV_COLLAPSE is missing: a no-op.
+host (likely its free-page reporting); 0.1 s for SmolLM2 int4. SmolLM2 fp32 `ort` (alternating fresh processes):
+decode 47.6 -> 51.5 tok/s, load 0.84 -> 2.11 s on this VM. So a one-shot generation of a few dozen tokens there
+loses more at load than it gains: LLAMAPORT_HUGE_PAGES=0 turns it off. Without /proc or MADV_COLLAPSE: a no-op.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import sys
 
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # <linux/mman.h>
 HUGE_PAGE = 2 << 20
 Range = tuple[int, int]  # [start, end) virtual addresses
+SWITCH = "LLAMAPORT_HUGE_PAGES"  # "0": sessions keep the pages they got
 
 
 def anonymous_ranges() -> list[Range]:
@@ -66,7 +70,7 @@ def collapse_new(before: list[Range]) -> int:
     the bytes collapsed. Only whole 2 MiB-aligned blocks inside new mappings are touched, so memory this
     process held before is left as it was. Collapsing fills a block's unwritten pages too; the new mappings are
     written weights, and resident size measured the same before and after (1.1B shape: 664 MB both)."""
-    if not before:
+    if not before or os.environ.get(SWITCH) == "0":
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
