@@ -45,7 +45,7 @@ def test_rotary_plugin_op_lowers_to_each_target_with_reference_numbers(target, t
     angles = torch.rand(2, 3, 4) * 6
     args = (x, angles.cos(), angles.sin())
     expected = RotaryOnly()(*args).numpy()
-    program = torch.onnx.export(RotaryOnly(), args, dynamo=True, opset_version=ONNX_OPSET,
+    program = torch.onnx.export(RotaryOnly().eval(), args, dynamo=True, opset_version=ONNX_OPSET,
                                 custom_translation_table=translation_table(target, Heads(4, 4, 8)),
                                 input_names=["x", "cos", "sin"])
     model = program.model_proto
