@@ -3,6 +3,7 @@ random checkpoint (issue 9).
 
     sh benchmarks/install_peers.sh                     # the peers, built/installed by script (once)
     python benchmarks/int4_peers.py [--rounds 3] [--repeats 3] [--models smollm2 1b] [--work DIR] [--json OUT.json]
+                                    [--peer-huge-pages]   # + each peer on glibc's huge pages (PEER_HUGE_PAGES)
     python benchmarks/int4_peers.py --profile ENGINE   # ONNX Runtime per-op profile of one int4 decode
 
 Prepares, once per --work folder (default /tmp/llamaport-int4-peers; reused between runs):
