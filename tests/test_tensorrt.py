@@ -31,7 +31,7 @@ from llamaport.plugins.trt_build import (  # noqa: E402
     BuildOptions, PluginMode, build_record, built_manifest, plan_build,
 )
 from llamaport.runtime.backends.tensorrt_backend import (  # noqa: E402
-    DECODE, PREFILL, RuntimeInfo, engine_problems, profile_for, rebuild_command,
+    DECODE, PREFILL, RuntimeInfo, engine_problems, engine_signature, profile_for, rebuild_command,
 )
 
 try:
@@ -279,6 +279,58 @@ def test_native_engines_ignore_the_plugin_version_and_unbuilt_dirs_are_refused()
     assert "not written by 'llamaport build'" in engine_problems({}, RuntimeInfo("11", "9.0"))[0]
     cmd = rebuild_command(Path("/x/eng"), {enginedir.TRT_BUILD: native})
     assert cmd == "llamaport build /x/eng -o eng-rebuilt --plugins native"
+
+
+class FakeEngine:
+    """ICudaEngine's I/O tensor API (num_io_tensors, get_tensor_name/shape/dtype), over given specs."""
+
+    class DType:
+        def __init__(self, name: str):
+            self.name = name
+
+    TRT_NAMES = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64"}
+
+    def __init__(self, specs: list[enginedir.TensorSpec]):
+        self.specs = {s.name: s for s in specs}
+        self.names = list(self.specs)
+        self.num_io_tensors = len(self.names)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.names[index]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else -1 for d in self.specs[name].shape)
+
+    def get_tensor_dtype(self, name: str):
+        return self.DType(self.TRT_NAMES[self.specs[name].dtype])
+
+
+def _engine_check(manifest, specs, inputs: set[str]) -> None:
+    engine = FakeEngine(specs)
+    found = engine_signature(engine, inputs.__contains__, [s.name for s in (*manifest.inputs, *manifest.outputs)])
+    enginedir.check_graph_signature(manifest, *found, graph=enginedir.TRT_ENGINE)
+
+
+def test_engine_signature_agrees_with_its_manifest_whatever_order_tensorrt_numbers_them(exports):
+    manifest = enginedir.read_manifest(exports["trt"])
+    specs = [*manifest.inputs, *manifest.outputs]
+    _engine_check(manifest, specs[::-1], {s.name for s in manifest.inputs})
+
+
+def test_engine_under_an_edited_manifest_is_refused_naming_both_files(exports, tmp_path):
+    folder = tmp_path / "edited"
+    shutil.copytree(exports["trt"], folder)
+    data = json.loads((folder / enginedir.MANIFEST).read_text())
+    specs = [*enginedir.read_manifest(folder).inputs, *enginedir.read_manifest(folder).outputs]  # the engine's
+    data["max_seq"] = 4 * MAX_SEQ
+    for entry in (*data["inputs"], *data["outputs"]):
+        if entry["name"].startswith(("past.", "present.")):
+            entry["shape"][2] = 4 * MAX_SEQ
+    (folder / enginedir.MANIFEST).write_text(json.dumps(data))
+    edited = enginedir.read_manifest(folder)
+    with pytest.raises(enginedir.EngineDirError, match=rf"{enginedir.TRT_ENGINE} does not match .*manifest.json.*"
+                                                       rf"max_seq {4 * MAX_SEQ}"):
+        _engine_check(edited, specs, {s.name for s in edited.inputs})
 
 
 def test_one_token_calls_run_on_the_decode_profile_and_longer_ones_on_prefill():

@@ -32,6 +32,8 @@ from llamaport.errors import LlamaportError, MissingDependency
 from llamaport.gpu import TENSORRT_INSTALL_HINT as INSTALL_HINT
 
 PREFILL, DECODE = 0, 1  # optimization profile indices, in plugins/trt_build.profiles_for's order
+# TensorRT's DataType names (trt.DataType, python/src/infer/pyFoundationalTypes.cpp) spelled as the manifest does.
+_TRT_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32"}
 # Cache buffers are only zeroed and bound, never read on the host, so bf16 travels as its 2-byte container.
 _NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int64": np.int64, "int32": np.int32}
 
@@ -76,6 +78,23 @@ def check_engine(folder: Path, manifest: Mapping, runtime: RuntimeInfo) -> None:
     if problems:
         raise LlamaportError(f"{folder / enginedir.TRT_ENGINE} cannot run here: {'; '.join(problems)}. Rebuild it "
                              f"on this machine: {rebuild_command(folder, manifest)}")
+
+
+def engine_signature(engine, is_input, order: list[str]) -> tuple[list[enginedir.TensorSpec], list[enginedir.TensorSpec]]:
+    """The engine's inputs and outputs as TensorSpecs (dynamic dims, -1 in TensorRT, read as "?"), each list in
+    `order` (the manifest's names; others after them), since TensorRT's I/O numbering need not follow the ONNX
+    graph's. Through ICudaEngine's I/O tensor API (num_io_tensors, get_tensor_name/shape/dtype; TensorRT
+    python/src/infer/pyCore.cpp); `is_input(name)` tells the two apart (get_tensor_mode).
+    """
+    rank = {name: i for i, name in enumerate(order)}
+    inputs, outputs = [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        dtype = engine.get_tensor_dtype(name).name
+        shape = tuple("?" if d < 0 else int(d) for d in engine.get_tensor_shape(name))
+        (inputs if is_input(name) else outputs).append(enginedir.TensorSpec(name, shape, _TRT_TYPES.get(dtype, dtype)))
+    key = lambda spec: rank.get(spec.name, len(rank))  # noqa: E731
+    return sorted(inputs, key=key), sorted(outputs, key=key)
 
 
 def profile_for(seq_len: int) -> int:
@@ -149,6 +168,12 @@ class TensorRTBackend:
         if self.engine is None:
             raise LlamaportError(f"TensorRT could not load {path} (see its log above); rebuild it on this machine: "
                                  f"{rebuild_command(folder, manifest)}")
+        # A manifest edited by hand (max_seq, dtype) or copied from another export would size the buffers bound
+        # below wrongly: refused here, as the ONNX Runtime backend does, naming the file.
+        inputs, outputs = engine_signature(
+            self.engine, lambda name: self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+            [spec.name for spec in (*manifest.inputs, *manifest.outputs)])
+        enginedir.check_graph_signature(manifest, inputs, outputs, graph=enginedir.TRT_ENGINE)
         if self.engine.num_optimization_profiles != 2:
             raise LlamaportError(f"{path} has {self.engine.num_optimization_profiles} optimization profiles, not "
                                  f"prefill + decode; rebuild it: {rebuild_command(folder, manifest)}")
