@@ -77,3 +77,50 @@ def test_collapse_is_off_when_the_environment_says_so(monkeypatch):
         assert hugepages.collapse_new([(0, 1)]) == 0
     finally:
         region.close()
+
+
+def _resident_fraction(address: int, nbytes: int) -> float:
+    """Share of the 4 KiB pages of [address, address + nbytes) that are resident (/proc/self/pagemap's present bit)."""
+    page = hugepages.PAGE
+    first, last = address // page, (address + nbytes - 1) // page
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        entries = np.frombuffer(pagemap.read((last - first + 1) * 8), np.uint64)
+    return float(np.mean(entries >> np.uint64(63)))
+
+
+linux_thp = pytest.mark.skipif(not sys.platform.startswith("linux") or _thp_mode() not in ("madvise", "always"),
+                               reason="transparent huge pages are Linux-only and need THP set to madvise or always")
+
+
+@linux_thp
+def test_an_array_kept_on_small_pages_holds_only_the_pages_written():
+    cache = np.zeros((1, 4, 4096, 128), np.float32)  # 8 MiB: NumPy advises huge pages for it
+    assert hugepages.small_pages(cache)
+    cache[0, :, 0, :] = 1.0  # the first position of each head, as a prefill of one token writes it
+    assert _anon_huge_kb(cache.ctypes.data + cache.nbytes // 2) == 0
+    assert _resident_fraction(cache.ctypes.data, cache.nbytes) < 0.01  # 4 pages of 2048, not 4 blocks of 2 MiB
+
+
+@linux_thp
+def test_low_memory_sessions_keep_untouched_cache_positions_out_of_memory(tmp_path):
+    """Export verification's session: a 13B-shaped cache at max_seq 2048 (1.68 GB) was all resident after one
+    prefill on huge pages. Here a tiny MHA engine with 16 MiB caches, verified by a prefill and a decode step."""
+    from tiny import save_hf_model
+
+    from llamaport.enginedir import BackendName, open_engine_dir
+    from llamaport.exporter import ExportOptions, export_engine
+    from llamaport.runtime.backends import open_backend
+
+    save_hf_model(tmp_path / "ckpt", "mha", max_position_embeddings=65536)
+    export_engine(tmp_path / "ckpt", tmp_path / "engine", ExportOptions(target="ort", max_seq=65536, verify=False,
+                                                                        quiet=True))
+    manifest = open_engine_dir(tmp_path / "engine")
+    backend = open_backend(tmp_path / "engine", manifest, BackendName.ONNXRUNTIME, low_memory=True)
+    backend.reset(1)
+    backend.forward(np.array([[3, 4, 5]]), np.array([0]), np.array([3]))
+    backend.forward(np.array([[6]]), np.array([3]), np.array([1]))
+    shape = (1, *backend.cache_shape)  # (B, H_kv, S_max, D)
+    nbytes = int(np.prod(shape)) * np.dtype(backend.cache_dtype).itemsize
+    assert shape[2] == 65536 and nbytes >= 16 << 20
+    assert max(_resident_fraction(v.data_ptr(), nbytes) for v in backend.caches.values()) < 0.01

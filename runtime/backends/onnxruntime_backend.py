@@ -78,7 +78,7 @@ class OnnxRuntimeBackend:
                 raise LlamaportError(f"{folder} is an fp32 --target ort engine, which ONNX Runtime cannot run on "
                                      "CUDA; re-export it with --dtype fp16 for device 'cuda'")
             providers.insert(0, "CUDAExecutionProvider")
-        self.ort, self.device = ort, device
+        self.ort, self.device, self.low_memory = ort, device, low_memory
         before = hugepages.anonymous_ranges() if device == "cpu" and not low_memory else []
         try:
             self.session = ort.InferenceSession(str(folder / GRAPH), options, providers=providers)
@@ -109,7 +109,10 @@ class OnnxRuntimeBackend:
         self.binding = self.session.io_binding()
         for name in self.cache_names:
             # Zeroed once, so never-written slots are finite numbers (masked, but NaN * 0 would still be NaN).
-            value = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, *self.cache_shape), self.cache_dtype), device, 0)
+            zeros = np.zeros((batch, *self.cache_shape), self.cache_dtype)  # (B, H_kv, S_max, D)
+            if self.low_memory:  # a few verification steps: only the pages they write become resident
+                hugepages.small_pages(zeros)
+            value = ort.OrtValue.ortvalue_from_numpy(zeros, device, 0)
             self.caches[name] = value
             self.binding.bind_ortvalue_input(name, value)
             self.binding.bind_ortvalue_output(present_for(name), value)
