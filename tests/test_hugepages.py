@@ -94,9 +94,9 @@ linux_thp = pytest.mark.skipif(not sys.platform.startswith("linux") or _thp_mode
 
 
 @linux_thp
-def test_an_array_kept_on_small_pages_holds_only_the_pages_written():
-    cache = np.zeros((1, 4, 4096, 128), np.float32)  # 8 MiB: NumPy advises huge pages for it
-    assert hugepages.small_pages(cache)
+def test_small_page_zeros_hold_only_the_pages_written():
+    cache = hugepages.small_page_zeros((1, 4, 4096, 128), np.float32)  # 8 MiB, as np.zeros would advise huge
+    assert cache[0, 0, 0, 0] == 0 and cache[-1, -1, -1, -1] == 0
     cache[0, :, 0, :] = 1.0  # the first position of each head, as a prefill of one token writes it
     assert _anon_huge_kb(cache.ctypes.data + cache.nbytes // 2) == 0
     assert _resident_fraction(cache.ctypes.data, cache.nbytes) < 0.01  # 4 pages of 2048, not 4 blocks of 2 MiB

@@ -24,7 +24,9 @@ import mmap
 import os
 import sys
 
-MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25  # <linux/mman.h>
+import numpy as np
+
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # <linux/mman.h>
 PAGE = mmap.PAGESIZE
 HUGE_PAGE = 2 << 20
 Range = tuple[int, int]  # [start, end) virtual addresses
@@ -37,19 +39,20 @@ def _madvise():
     return libc.madvise
 
 
-def small_pages(array) -> bool:
-    """Keep a fresh (untouched) NumPy array on 4 KiB pages; True if the kernel took the advice.
+def small_page_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros in an anonymous mapping of their own, kept on 4 KiB pages: only the pages written become resident.
 
-    NumPy advises MADV_HUGEPAGE on every allocation of 4 MiB or more, so the first write anywhere in a 2 MiB block
-    makes all of it resident. A KV cache (B, H_kv, S_max, D) is written a few positions per head: one token in
-    each head's slice then holds the whole cache, 1.68 GB for a 13B-shaped engine at max_seq 2048 (measured,
-    export verification). With 4 KiB pages it holds the pages written. Whole pages inside the array only.
+    np.zeros would not do for a KV cache (B, H_kv, S_max, D) that a few steps write a few positions of per head:
+    NumPy advises MADV_HUGEPAGE on allocations of 4 MiB or more, so one write per 2 MiB block makes all of it
+    resident (1.5 of a 13B-shaped cache's 1.68 GB after a 5-token prefill, export verification), and once glibc
+    has raised its mmap threshold the array may come from heap memory that is already resident. A fresh mapping
+    is zero-filled by the kernel page by page, as it is touched.
     """
-    if not sys.platform.startswith("linux") or array.nbytes < 2 * PAGE:
-        return False
-    start = -(-array.ctypes.data // PAGE) * PAGE
-    end = (array.ctypes.data + array.nbytes) // PAGE * PAGE
-    return end > start and _madvise()(start, end - start, MADV_NOHUGEPAGE) == 0
+    count = int(np.prod(shape))
+    region = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; under THP "always" the kernel would otherwise fault 2 MiB
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(region, dtype, count=count).reshape(shape)  # the array keeps `region` alive
 
 
 def anonymous_ranges() -> list[Range]:

@@ -109,9 +109,9 @@ class OnnxRuntimeBackend:
         self.binding = self.session.io_binding()
         for name in self.cache_names:
             # Zeroed once, so never-written slots are finite numbers (masked, but NaN * 0 would still be NaN).
-            zeros = np.zeros((batch, *self.cache_shape), self.cache_dtype)  # (B, H_kv, S_max, D)
-            if self.low_memory:  # a few verification steps: only the pages they write become resident
-                hugepages.small_pages(zeros)
+            shape = (batch, *self.cache_shape)  # (B, H_kv, S_max, D)
+            # A few verification steps (low_memory): only the pages they write become resident.
+            zeros = hugepages.small_page_zeros(shape, self.cache_dtype) if self.low_memory else np.zeros(shape, self.cache_dtype)
             value = ort.OrtValue.ortvalue_from_numpy(zeros, device, 0)
             self.caches[name] = value
             self.binding.bind_ortvalue_input(name, value)
