@@ -14,6 +14,9 @@ MADV_COLLAPSE (Linux 6.1+) copies the pages synchronously, once at load, as kern
 host (likely its free-page reporting); 0.1 s for SmolLM2 int4. SmolLM2 fp32 `ort` (alternating fresh processes):
 decode 47.6 -> 51.5 tok/s, load 0.84 -> 2.11 s on this VM. So a one-shot generation of a few dozen tokens there
 loses more at load than it gains: LLAMAPORT_HUGE_PAGES=0 turns it off. Without /proc or MADV_COLLAPSE: a no-op.
+
+The other way round, `small_page_zeros`: memory that is allocated large but written sparsely (export
+verification's KV caches) is kept off huge pages, so that it costs only the pages written.
 """
 
 from __future__ import annotations
