@@ -81,7 +81,7 @@ def test_collapse_is_off_when_the_environment_says_so(monkeypatch):
 
 def _resident_fraction(address: int, nbytes: int) -> float:
     """Share of the 4 KiB pages of [address, address + nbytes) that are resident (/proc/self/pagemap's present bit)."""
-    page = hugepages.PAGE
+    page = mmap.PAGESIZE
     first, last = address // page, (address + nbytes - 1) // page
     with open("/proc/self/pagemap", "rb") as pagemap:
         pagemap.seek(first * 8)

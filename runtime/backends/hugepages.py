@@ -30,7 +30,6 @@ import sys
 import numpy as np
 
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # <linux/mman.h>
-PAGE = mmap.PAGESIZE
 HUGE_PAGE = 2 << 20
 Range = tuple[int, int]  # [start, end) virtual addresses
 SWITCH = "LLAMAPORT_HUGE_PAGES"  # "0": sessions keep the pages they got
