@@ -122,8 +122,9 @@ def fake_model(config: LlamaConfig, dtype: torch.dtype, model_class: type[nn.Mod
     The rotary frequencies stay a real (tiny) buffer, computed from the config, so the optimizer folds what it
     folds from them exactly as with a real model. Tied parameters stay tied.
     """
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with torch.device("meta"):  # built on meta: its initializers would spend 0.15 s (SmolLM2) filling fake tensors
         model = model_class(config)
+    with FakeTensorMode(allow_non_fake_inputs=True):
         converted: dict[int, nn.Parameter] = {}
         for module in model.modules():
             for name, param in list(module._parameters.items()):
