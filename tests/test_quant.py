@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from llamaport.errors import LlamaportError
+from llamaport.exporter import ExportOptions, export_engine
 from llamaport.exporter import quant_pack as pack
 from llamaport.exporter.quant import AccuracyLevel, QuantMethod, QuantSpec, parse_spec, resolve_spec
 from llamaport.exporter.quant_lowering import attach_initializers, quantize_graph, source_from_codes
@@ -368,6 +369,30 @@ def test_export_quant_int4_writes_a_verified_engine_that_records_its_quantizatio
     assert manifest.quantization["bits"] == 4 and manifest.quantization["method"] == "rtn"
     assert manifest.quantization["symmetric"] is (target == "trt")  # TensorRT's int4 path is symmetric only
     assert manifest.verification["passed"]
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx"])
+def test_verification_session_runs_int4_graphs_as_the_runtime_session_does(tiny_tied, tmp_path, target):
+    """The low-memory session export verification uses: `ort` int4 graphs prepacked (MatMulNBits' own kernels,
+    int8 activations), so its logits equal the runtime's bit for bit; `onnx` ones unpacked (prepacked, ONNX Runtime
+    1.32 gave them all-zero logits at that session's optimization level)."""
+    from llamaport.enginedir import BackendName, read_manifest
+    from llamaport.exporter.verify import Schedule, graph_greedy, graph_logits
+    from llamaport.models import LlamaConfig
+    from llamaport.runtime.backends import open_backend
+
+    out = tmp_path / target
+    export_engine(tiny_tied, out, ExportOptions(target=target, max_seq=16, quiet=True, verify=False, quant=QuantSpec()))
+    manifest = read_manifest(out)
+    schedule = Schedule.default(LlamaConfig.from_dict(manifest.config), 1, 16, 3)
+    runtime, tokens = graph_greedy(open_backend(out, manifest, BackendName.ONNXRUNTIME), schedule)
+    verifying = graph_logits(open_backend(out, manifest, BackendName.ONNXRUNTIME, low_memory=True), schedule, tokens)
+    for expected, got in zip(runtime, verifying):
+        assert np.abs(got).max() > 0
+        if target == "ort":
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0, atol=0.05 * np.abs(expected).max())
 
 
 def test_export_quant_int4_refuses_an_asymmetric_request_for_tensorrt_before_writing(tiny_tied, tmp_path):

@@ -37,24 +37,31 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _low_memory(ort, options) -> None:
+def _low_memory(ort, options, manifest: Manifest) -> None:
     """Session options that keep ONNX Runtime at one copy of the weights, for export verification (a few steps).
 
     The CPU has no fp16 MatMul, so ONNX Runtime casts fp16 weights to fp32. Its constant folder would fold those
     casts into an fp32 copy of every weight (2x the engine; 4.4 GB for a 2.2 GB fp16 TinyLlama-shaped engine), so
     it is off; priority-based order then casts each weight just before its MatMul, and without the arena the
-    cast is freed after it (one fp32 weight alive at a time). No prepacked copies either.
+    cast is freed after it (one fp32 weight alive at a time).
 
-    The other optimizers up to the extended level stay on: they copy no weight and fold what runs per step, such as the tied head's Transpose (MatMul + Transpose -> FusedMatMul: the five steps of SmolLM2 fp32's
-    export verification 0.59 -> 0.19 s, peak RSS 0.97 -> 0.86 GB) and, on `--target onnx` int4 graphs,
-    DequantizeLinear + MatMul -> MatMulNBits (1.1B shape: 52 -> 20 s, 3.11 -> 1.41 GB; its float dequantized
-    weights were the copies). The level above adds fp16 -> fp32 initializer copies (1.1B fp16: 2.65 -> 4.76 GB).
-    Measured (ONNX Runtime 1.32): extended + prepacking zeroed the logits of the `onnx` int4 graph, hence no prepacking.
+    The other optimizers up to the extended level stay on: they copy no weight and fold what runs per step, such
+    as the tied head's Transpose (MatMul + Transpose -> FusedMatMul: the five steps of SmolLM2 fp32's export
+    verification 0.59 -> 0.19 s, peak RSS 0.97 -> 0.86 GB) and, on `--target onnx` int4 graphs, DequantizeLinear +
+    MatMul -> MatMulNBits (1.1B shape: 52 -> 20 s, 3.11 -> 1.41 GB; its float dequantized weights were the copies).
+    The level above adds fp16 -> fp32 initializer copies (1.1B fp16: 2.65 -> 4.76 GB).
+
+    Prepacking stays on for `--target ort` int4 graphs only: unpacked, MatMulNBits runs a fallback that dequantizes
+    its weight on every call (1.1B shape: five steps 20 s -> 0.2 s, plus 1.3 s of packing), and its packed weight
+    replaces the mapped one (peak 1.28 -> 1.03 GB); the graph then runs exactly as the runtime runs it (int8
+    activations). Elsewhere it copies fp32 MatMul weights for no gain (SmolLM2 fp32: +0.5 s), and on `--target
+    onnx` int4 graphs the fused MatMulNBits came out all zero logits with it at this level (ONNX Runtime 1.32).
     """
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    packs_int4 = manifest.target is Target.ORT and manifest.quantization is not None
+    options.add_session_config_entry("session.disable_prepacking", "0" if packs_int4 else "1")
     options.enable_cpu_mem_arena = False
 
 
@@ -74,7 +81,7 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         if low_memory:
-            _low_memory(ort, options)
+            _low_memory(ort, options, manifest)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
