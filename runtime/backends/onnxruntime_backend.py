@@ -37,7 +37,7 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _low_memory(ort, options, manifest: Manifest) -> None:
+def _low_memory(ort, options) -> None:
     """Session options that keep ONNX Runtime at one copy of the weights, for export verification (a few steps).
 
     The CPU has no fp16 MatMul, so ONNX Runtime casts fp16 weights to fp32. Its constant folder would fold those
@@ -51,17 +51,15 @@ def _low_memory(ort, options, manifest: Manifest) -> None:
     MatMul -> MatMulNBits (1.1B shape: 52 -> 20 s, 3.11 -> 1.41 GB; its float dequantized weights were the copies).
     The level above adds fp16 -> fp32 initializer copies (1.1B fp16: 2.65 -> 4.76 GB).
 
-    Prepacking stays on for `--target ort` int4 graphs only: unpacked, MatMulNBits runs a fallback that dequantizes
-    its weight on every call (1.1B shape: five steps 20 s -> 0.2 s, plus 1.3 s of packing), and its packed weight
-    replaces the mapped one (peak 1.28 -> 1.03 GB); the graph then runs exactly as the runtime runs it (int8
-    activations). Elsewhere it copies fp32 MatMul weights for no gain (SmolLM2 fp32: +0.5 s), and on `--target
-    onnx` int4 graphs the fused MatMulNBits came out all zero logits with it at this level (ONNX Runtime 1.32).
+    No prepacked copies either, int4 included. Prepacked, MatMulNBits would run its own kernels (the 1.1B int4
+    shape's five steps 20 s -> 0.2 s + 1.3 s of packing, its logits the runtime's bit for bit), but in this session
+    (ONNX Runtime 1.32) the 13B shape's verification then failed (max |logit diff| 8.97, top-1 0.000, peak 8.59 GB),
+    and `--target onnx` int4 graphs came out all zero logits. Unpacked, MatMulNBits dequantizes in fp32 each call.
     """
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    packs_int4 = manifest.target is Target.ORT and manifest.quantization is not None
-    options.add_session_config_entry("session.disable_prepacking", "0" if packs_int4 else "1")
+    options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_cpu_mem_arena = False
 
 
@@ -81,7 +79,7 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         if low_memory:
-            _low_memory(ort, options, manifest)
+            _low_memory(ort, options)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
