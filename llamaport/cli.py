@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import gc
 import json
 import os
 import sys
@@ -555,18 +554,8 @@ def pipeline_report(folders, out, baseline):
     _pipeline_verdict(report, out)
 
 
-# CPython collects its youngest generation every 700 new container objects (thresholds (700, 10, 10)). A command
-# builds millions of short-lived ones (torch.export's tracing, onnx-ir's graphs) beside ~0.5 M long-lived ones from
-# its imports, which every full collection walks again: a SmolLM2 `export` ran 1100 young and 7 full collections,
-# 1.0-1.2 s of a 9 s command (timed with gc.callbacks). Young generations of 100 000 objects, 20 of them per
-# middle collection, leave 20 young collections and 1 middle one: 0.25 s. Cyclic garbage is still collected, in
-# larger batches. Only the console command sets it: that process is ours, an application's is not.
-GC_THRESHOLDS = (100_000, 20, 10)
-
-
 def run() -> None:
-    """The `llamaport` console command: `main` under batch-process GC thresholds (GC_THRESHOLDS), then an exit
-    that skips tearing down the interpreter.
+    """The `llamaport` console command: `main`, then an exit that skips tearing down the interpreter.
 
     Finalizing an interpreter that imported torch, onnxscript and onnxruntime costs 0.5-1.5 s on 2 cores (every
     module's objects and the libraries' static destructors; measured: `import torch` alone exits 0.5 s sooner),
@@ -574,7 +563,6 @@ def run() -> None:
     first: atexit handlers (temporary directories' finalizers among them) and flushing the standard streams.
     Uncaught exceptions keep Python's own path (traceback, normal exit). The Python API never exits this way.
     """
-    gc.set_threshold(*GC_THRESHOLDS)
     try:
         main()  # click's standalone mode ends every command in SystemExit
     except SystemExit as done:
