@@ -172,9 +172,22 @@ def test_fp16_export_verifies_without_an_fp32_copy_of_the_weights(random_checkpo
 def test_ctrl_c_while_writing_weights_leaves_no_output_and_no_partial_folder(random_checkpoint, tmp_path):
     folder, _ = random_checkpoint
     out = tmp_path / "engine"
-    process = subprocess.Popen([sys.executable, "-m", "llamaport.cli", "export", str(folder), "-o", str(out),
-                                "--target", "onnx", "--max-seq", "64", "--skip-verify", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Each weight's read slowed by 20 ms, so the SIGINT lands mid-write: from a warm page cache the whole write
+    # can end within the poll below, and the export would then finish before the signal arrives.
+    slowed = textwrap.dedent(f"""
+        import sys, time
+        from llamaport.exporter import weights
+        lazy = weights.lazy_tensor
+        weights.lazy_tensor = lambda name, source: lazy(name, weights.WeightSource(
+            lambda: (time.sleep(0.02), source.load())[1], source.shape, source.dtype, source.layer))
+        from llamaport.exporter import graph
+        graph.lazy_tensor = weights.lazy_tensor
+        sys.argv = ["llamaport", "export", {str(folder)!r}, "-o", {str(out)!r}, "--target", "onnx", "--max-seq", "64",
+                    "--skip-verify", "--quiet"]
+        from llamaport.cli import run
+        run()
+    """)
+    process = subprocess.Popen([sys.executable, "-c", slowed], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     # ir.save writes the external data into a temporary folder inside the export's partial folder: wait for it.
     while not list(tmp_path.glob(".engine.*.partial/.model.onnx.data.*")):
