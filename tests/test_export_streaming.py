@@ -175,7 +175,8 @@ def test_ctrl_c_while_writing_weights_leaves_no_output_and_no_partial_folder(ran
     # Each weight's read slowed by 20 ms, so the SIGINT lands mid-write: from a warm page cache the whole write
     # can end within the poll below, and the export would then finish before the signal arrives.
     slowed = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
         from llamaport.exporter import weights
         lazy = weights.lazy_tensor
         weights.lazy_tensor = lambda name, source: lazy(name, weights.WeightSource(
